@@ -1,0 +1,1 @@
+"""One module per library. Heavy imports happen inside these modules only, and only when a model loads."""

@@ -1,0 +1,40 @@
+"""open_clip: CLIP/SigLIP/CoCa models with their own image transform and tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vitkit.errors import ModelLoadError
+from vitkit.registry import ModelSpec
+
+
+@dataclass(frozen=True)
+class OpenClipAssets:
+    transform: Callable[[Any], torch.Tensor]  # open_clip's eval preprocess
+    tokenizer: Callable[..., torch.Tensor]
+
+
+def load_open_clip(spec: ModelSpec) -> tuple[torch.nn.Module, OpenClipAssets]:
+    import open_clip
+    from open_clip.factory import _find_checkpoint_in_dir
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    # open_clip only warns when a local-dir or hf-hub checkpoint is missing and then builds random
+    # weights; fetching the weights first turns that into an error.
+    if spec.source.startswith("local-dir:") and not _find_checkpoint_in_dir(Path(spec.source.removeprefix("local-dir:"))):
+        raise ModelLoadError(f"model folder {spec.id!r} has no weights file", hint="expected open_clip_model.safetensors")
+    if spec.source.startswith("hf-hub:"):
+        download_pretrained_from_hf(spec.source.removeprefix("hf-hub:"))
+    if ":" in spec.source and not spec.source.startswith(("local-dir:", "hf-hub:")):
+        arch, _, tag = spec.source.partition(":")
+        model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=tag)
+        tokenizer = open_clip.get_tokenizer(arch)
+    else:
+        model, _, transform = open_clip.create_model_and_transforms(spec.source)
+        tokenizer = open_clip.get_tokenizer(spec.source)
+    model.eval()
+    return model, OpenClipAssets(transform, tokenizer)

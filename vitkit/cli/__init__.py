@@ -1,0 +1,88 @@
+"""The command-line client. This is the one place where exceptions become messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from vitkit import __version__
+from vitkit.errors import EXIT_USAGE, VitkitError
+
+
+def _print_error(text: str) -> None:
+    typer.echo(f"vitkit: error: {text}", err=True)
+
+
+def _silence_stdout() -> None:
+    """After the reader of a pipe goes away (`| head`), stop Python complaining as it flushes at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+class VitkitGroup(TyperGroup):
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VitkitError as exc:
+            if os.environ.get("VITKIT_DEBUG"):
+                raise
+            _print_error(exc.one_line())
+            ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            _silence_stdout()
+            ctx.exit(0)
+        except KeyboardInterrupt:
+            _print_error("interrupted")
+            ctx.exit(130)
+
+
+app = typer.Typer(
+    cls=VitkitGroup,
+    name="vitkit",
+    help="Vision transformers for folders of images.\n\nExample: vitkit classify photos/ --top-k 3",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vitkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Show the version and exit.")] = None) -> None:
+    """Vision transformers for folders of images.
+
+    Example: vitkit classify photos/ --top-k 3
+    """
+
+
+def _register() -> None:
+    from vitkit.cli import models
+    from vitkit.cli.classify import classify
+
+    app.command("classify", no_args_is_help=True)(classify)
+    app.add_typer(models.app, name="models")
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(0)
+    except VitkitError as exc:  # raised outside a command, e.g. while parsing
+        _print_error(exc.one_line())
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)

@@ -1,0 +1,46 @@
+"""The steps every image command shares: gather inputs, run the task, write records, pick the exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import typer
+
+from vitkit.discover import InputItem, discover_inputs
+from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
+from vitkit.report import Reporter
+from vitkit.runner import RunOptions, run
+from vitkit.tasks.base import Task
+from vitkit.writers import open_writer, resolve_format
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    format: str = "auto"
+    output: str | None = None
+    quiet: bool = False
+
+
+def collect_inputs(paths: list[str] | None, files_from: str | None, null_separated: bool) -> list[InputItem]:
+    if not paths and files_from is None:
+        raise UsageError("no inputs given", hint="pass image files or folders, or --files-from FILE (- for stdin)")
+    if null_separated and files_from is None:
+        raise UsageError("-0/--null only applies to --files-from", hint="add --files-from FILE or -")
+    items = discover_inputs(paths or [], files_from, null_separated)
+    if not items:
+        where = ", ".join(paths or []) or files_from or ""
+        raise UsageError(f"no images found in {where}", hint="folders are searched for image extensions; name files directly to try others")
+    return items
+
+
+def run_and_write(task: Task, items: list[InputItem], run_options: RunOptions, out: OutputOptions) -> None:
+    """Stream records to the chosen writer; exit 1 if any input failed, after writing all the others."""
+    reporter = Reporter(quiet=out.quiet)
+    fmt = resolve_format(out.format, out.output)
+    failed = 0
+    with open_writer(fmt, out.output, task.layout) as writer:
+        for record in run(task, items, run_options, reporter):
+            writer.write(record.to_dict())
+            failed += not record.ok
+    reporter.print_summary()
+    raise typer.Exit(EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK)

@@ -1,0 +1,161 @@
+"""Safe image decoding: any file in, an RGB image as displayed (EXIF orientation applied) or an InputError out."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vitkit.errors import InputError
+
+# Pillow's own hard limit (twice its warning threshold): about 179 MP, or 537 MB of RGB pixels.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+MAX_PIXELS_FLAG = "--max-pixels"
+WHITE = (255, 255, 255)
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    draft_size: int | None = None  # shorter side the model needs; large JPEGs decode at a reduced scale above it
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB; may be smaller than width x height when draft decoding applied
+    width: int  # of the image as displayed (after EXIF orientation), at full resolution
+    height: int
+    warnings: tuple[str, ...] = ()
+
+
+def decode_image(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
+    """Decode one file; every failure is an InputError whose message is the reason, for one line of output."""
+    _check_file(path)
+    try:
+        with _pillow_bomb_check_off(), Image.open(path) as image:
+            return _decode_open_image(image, options)
+    except InputError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise InputError("not an image Pillow can read (unknown or corrupt format)", kind="not an image") from exc
+    except MemoryError as exc:
+        raise InputError("out of memory while decoding", kind="too large") from exc
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, Image.DecompressionBombError) as exc:
+        raise _describe_decode_failure(exc) from exc
+
+
+def _check_file(path: str) -> None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError as exc:
+        raise InputError("no such file (or a broken link)", kind="missing") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", kind="unreadable") from exc
+    if not os.path.isfile(path):
+        raise InputError("not a regular file", kind="not an image")
+    if stat.st_size == 0:
+        raise InputError("empty file (0 bytes)", kind="empty")
+    if not os.access(path, os.R_OK):
+        raise InputError("cannot read: permission denied", kind="unreadable")
+
+
+def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedImage:
+    width, height = image.size
+    if width * height > options.max_pixels:
+        raise InputError(
+            f"{width}x{height} pixels is over the {options.max_pixels:,}-pixel limit (decompression-bomb guard); "
+            f"raise it with {MAX_PIXELS_FLAG}",
+            kind="too large",
+        )
+    notes: list[str] = []
+    orientation = _read_orientation(image, notes)
+    if options.draft_size and image.format == "JPEG":
+        scale = options.draft_size / min(width, height)
+        if scale < 1:
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free; Pillow picks the smallest
+            # scale that still covers the requested size, so the model never sees upsampled pixels.
+            image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+    image.load()
+    rgb = to_rgb(image)
+    if orientation in _TRANSPOSE_FOR_ORIENTATION:
+        rgb = rgb.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return DecodedImage(rgb, width, height, tuple(notes))
+
+
+def _read_orientation(image: Image.Image, notes: list[str]) -> int:
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF must never cost the image
+        notes.append("malformed EXIF data ignored; using the pixels as stored")
+        return 1
+    if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+        notes.append(f"invalid EXIF orientation {orientation!r} ignored; using the pixels as stored")
+        return 1
+    return orientation
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for every Pillow mode: transparency composited on white, 16-bit scaled (not clipped) to 8-bit."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit greyscale (PNG/TIFF) arrives as I;16 or I; 65535 / 257 = 255 maps the full range.
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        if np.nanmax(pixels, initial=0.0) <= 1.0:
+            pixels = pixels * 255.0
+        pixels = np.nan_to_num(pixels, nan=0.0, posinf=255.0, neginf=0.0)
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode == "RGB":
+            return image
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "L" and "transparency" in image.info:
+        return to_rgb(image.convert("LA"))
+    return image.convert("RGB")
+
+
+def _describe_decode_failure(exc: BaseException) -> InputError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "truncated" in text.lower() or isinstance(exc, EOFError):
+        return InputError("truncated image data (file cut short)", kind="truncated")
+    if isinstance(exc, Image.DecompressionBombError):
+        return InputError(f"{text}; raise the limit with {MAX_PIXELS_FLAG}", kind="too large")
+    return InputError(f"corrupt image data ({type(exc).__name__}: {text})", kind="corrupt")
+
+
+@contextlib.contextmanager
+def _pillow_bomb_check_off() -> Iterator[None]:
+    """vitkit checks the pixel count itself (with a flag to raise it); Pillow's global check would override that."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous

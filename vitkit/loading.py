@@ -1,0 +1,169 @@
+"""The one model loader: device and precision choice, hub access, a per-process cache, and clear errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from vitkit.errors import ModelLoadError, ModelNotCachedError, UsageError
+from vitkit.registry import OPEN_CLIP, TIMM, TRANSFORMERS, ModelSpec
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+_cache: dict[tuple[ModelSpec, str, str, torch.dtype], "LoadedModel"] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    spec: ModelSpec
+    module: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype  # compute dtype; weights stay fp32 and the runner autocasts
+    assets: Any  # backend-specific: TimmAssets, OpenClipAssets or HfAssets
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise UsageError(f"unknown device {name!r}", hint=f"use one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available", hint="use --device auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was asked for but MPS is not available", hint="use --device auto or cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if name not in PRECISIONS:
+        raise UsageError(f"unknown precision {name!r}", hint="use auto, fp32, fp16 or bf16")
+    return PRECISIONS[name]
+
+
+def load_model(
+    spec: ModelSpec,
+    capability: str,
+    device: str = "auto",
+    precision: str = "auto",
+    offline: bool = False,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load once per process; later calls with the same spec, device and precision get the same model."""
+    torch_device = resolve_device(device)
+    dtype = resolve_precision(precision, torch_device)
+    key = (spec, capability, str(torch_device), dtype)
+    with _cache_lock:
+        if key not in _cache:
+            module, assets = _load_uncached(spec, capability, offline, trust_remote_code)
+            _cache[key] = LoadedModel(spec, module.to(torch_device), torch_device, dtype, assets)
+        return _cache[key]
+
+
+def clear_model_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def _load_uncached(spec: ModelSpec, capability: str, offline: bool, trust_remote_code: bool) -> tuple[torch.nn.Module, Any]:
+    if not spec.is_local:
+        prepare_hub_access(offline)
+    try:
+        if spec.backend == TIMM:
+            from vitkit.backends.timm_ import load_timm
+
+            return load_timm(spec)
+        if spec.backend == OPEN_CLIP:
+            from vitkit.backends.open_clip_ import load_open_clip
+
+            return load_open_clip(spec)
+        if spec.backend == TRANSFORMERS:
+            from vitkit.backends.hf import load_transformers
+
+            return load_transformers(spec, capability, trust_remote_code)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every library failure becomes one typed error
+        raise translate_load_error(spec, exc) from exc
+    raise ModelLoadError(f"model {spec.id!r} names an unknown backend {spec.backend!r}")
+
+
+def translate_load_error(spec: ModelSpec, exc: BaseException) -> ModelLoadError:
+    """Map the many ways a library reports 'not downloaded', 'unsafe' or 'broken' onto one message each."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    pull = f"run `vitkit models pull {spec.id}` on a machine with network access (or point HF_HOME at a cache that has it)"
+    chain = _exception_chain(exc)
+    if any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, socket.gaierror)) for e in chain):
+        return ModelNotCachedError(
+            f"model {spec.describe_source()} is not in the local cache and the Hugging Face Hub cannot be reached",
+            hint=pull,
+        )
+    text = " ".join(str(e) for e in chain)
+    if "weights_only" in text or "Unsupported global" in text or "pickle" in text.lower():
+        return ModelLoadError(
+            f"refusing to load {spec.id!r}: its checkpoint contains pickled code, which vitkit never executes",
+            hint="convert the checkpoint to safetensors",
+        )
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ModelLoadError(f"could not load model {spec.id!r}: {type(exc).__name__}: {first_line}",
+                          hint="check the model files, or set VITKIT_DEBUG=1 for the traceback")
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+_hub_checked = False
+
+
+def prepare_hub_access(offline: bool = False) -> None:
+    """Go offline at once when asked or when the Hub is unreachable.
+
+    huggingface_hub retries each file for tens of seconds when there is no network, even for models
+    already in the cache; a quick connect test lets cached models load instantly and missing ones
+    fail with a clear message instead.
+    """
+    global _hub_checked
+    from huggingface_hub import constants
+
+    if offline or constants.HF_HUB_OFFLINE:
+        constants.HF_HUB_OFFLINE = True
+        return
+    if _hub_checked:
+        return
+    _hub_checked = True
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # a direct connect test says nothing about a proxied route
+    if not is_hub_reachable(constants.ENDPOINT):
+        constants.HF_HUB_OFFLINE = True
+
+
+def is_hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,48 @@
+"""Records: one per input, in input order. Failures are values: `{path, error}` and nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str
+    width: int | None = None
+    height: int | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)  # the task's own keys (predictions, detections, ...)
+    error: str | None = None
+    error_kind: str | None = None  # for summaries; not part of the written record
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "width": self.width, "height": self.height, **self.fields}
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """How a task's records look in a table and a CSV file; JSON needs nothing beyond `to_dict`."""
+
+    csv_columns: tuple[str, ...]
+    csv_rows: Callable[[dict[str, Any]], list[dict[str, Any]]]  # one record -> one or more flat rows
+    describe: Callable[[dict[str, Any]], str]  # one record -> the table's result cell
+
+
+def explode_rows(list_key: str, item_columns: tuple[str, ...]) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """CSV in long form: one row per prediction/detection, with the image's columns repeated."""
+
+    def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+        base = {k: record.get(k) for k in ("path", "width", "height", "error")}
+        entries = record.get(list_key) or []
+        if not entries:
+            return [base]
+        return [{**base, "rank": rank, **{c: entry.get(c) for c in item_columns}} for rank, entry in enumerate(entries, 1)]
+
+    return rows

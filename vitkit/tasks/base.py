@@ -1,0 +1,24 @@
+"""The contract between a task and the runner."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+from vitkit.data import Preprocess, Sample
+from vitkit.loading import LoadedModel
+from vitkit.records import RecordLayout
+
+
+class Task(Protocol):
+    model: LoadedModel
+    preprocess: Preprocess  # picklable: it travels to dataloader workers, the model does not
+    draft_size: int | None  # shorter side the model needs from a JPEG, for draft decoding; None for full decode
+    layout: RecordLayout
+
+    def forward(self, inputs: Any) -> Any:
+        """Batched inputs already on the model's device -> outputs; the runner provides inference mode and autocast."""
+        ...
+
+    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+        """One dict of record fields per ok sample, in the same order."""
+        ...

@@ -1,0 +1,190 @@
+"""Output formats, streamed record by record: table | json | jsonl | csv, to stdout or atomically to a file."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+import tempfile
+from typing import IO, Any, Iterator, Protocol
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from vitkit.errors import OutputError, UsageError
+from vitkit.records import RecordLayout
+
+FORMATS = ("auto", "table", "json", "jsonl", "csv")
+_EXTENSION_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table"}
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+class Writer(Protocol):
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def resolve_format(name: str, output: str | None, stdout: IO[str] | None = None) -> str:
+    """`auto`: from the output file's extension, else a table on a terminal and JSONL in a pipe."""
+    if name not in FORMATS:
+        raise UsageError(f"unknown format {name!r}", hint=f"use one of {', '.join(FORMATS)}")
+    if name != "auto":
+        return name
+    if output:
+        return _EXTENSION_FORMATS.get(os.path.splitext(output)[1].lower(), "jsonl")
+    stream = stdout or sys.stdout
+    return "table" if stream.isatty() else "jsonl"
+
+
+def to_json(record: dict[str, Any]) -> str:
+    try:
+        line = json.dumps(record, ensure_ascii=False)
+        line.encode("utf-8")
+        return line
+    except UnicodeEncodeError:
+        # Undecodable file names (surrogate escapes) cannot be UTF-8; \u escapes keep the line valid JSON.
+        return json.dumps(record, ensure_ascii=True)
+
+
+class JsonlWriter:
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.stream.write(to_json(record) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class JsonWriter:
+    """A JSON array, still streamed: each element is written as soon as its record arrives."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.stream.write(("[\n  " if self.count == 0 else ",\n  ") + to_json(record))
+        self.stream.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        self.stream.write("[]\n" if self.count == 0 else "\n]\n")
+        self.stream.flush()
+
+
+def neutralise_formula(value: Any) -> Any:
+    """Spreadsheets run cells that start with = + - @ as formulas; a leading quote keeps them text."""
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+class CsvWriter:
+    def __init__(self, stream: IO[str], layout: RecordLayout) -> None:
+        self.stream = stream
+        self.layout = layout
+        self.writer = csv.DictWriter(stream, fieldnames=list(layout.csv_columns), extrasaction="ignore")
+        self.writer.writeheader()
+
+    def write(self, record: dict[str, Any]) -> None:
+        for row in self.layout.csv_rows(record):
+            self.writer.writerow({k: neutralise_formula(v) for k, v in row.items()})
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class TableWriter:
+    """A rich table for people; it needs every row before it can size its columns."""
+
+    def __init__(self, stream: IO[str], layout: RecordLayout) -> None:
+        self.console = Console(file=stream, highlight=False, soft_wrap=False)
+        self.layout = layout
+        self.table = Table(show_lines=False)
+        for name in ("path", "size", "result"):
+            self.table.add_column(name, overflow="fold")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if "error" in record:
+            self.table.add_row(escape(record["path"]), "", f"[red]error: {escape(record['error'])}[/red]")
+            return
+        size = f"{record.get('width')}x{record.get('height')}"
+        self.table.add_row(escape(record["path"]), size, escape(self.layout.describe(record)))
+
+    def close(self) -> None:
+        self.console.print(self.table)
+
+
+def build_writer(fmt: str, stream: IO[str], layout: RecordLayout) -> Writer:
+    if fmt == "jsonl":
+        return JsonlWriter(stream)
+    if fmt == "json":
+        return JsonWriter(stream)
+    if fmt == "csv":
+        return CsvWriter(stream, layout)
+    if fmt == "table":
+        return TableWriter(stream, layout)
+    raise UsageError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS[1:])}")
+
+
+@contextlib.contextmanager
+def open_output(path: str | None) -> Iterator[IO[str]]:
+    """stdout, or a file that appears complete or not at all (written beside it, then renamed)."""
+    if path is None or path == "-":
+        yield sys.stdout
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}", hint="check the folder exists and is writable") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+        os.replace(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_path)
+        raise
+
+
+@contextlib.contextmanager
+def open_writer(fmt: str, output: str | None, layout: RecordLayout) -> Iterator[Writer]:
+    with open_output(output) as stream:
+        writer = build_writer(fmt, stream, layout)
+        yield writer
+        writer.close()
+
+
+def write_listing(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str, stream: IO[str] | None = None) -> None:
+    """Non-image listings (models, index stats): the same formats, with the columns given."""
+    stream = stream or sys.stdout
+    if fmt == "table":
+        table = Table()
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape("" if row.get(c) is None else str(row.get(c))) for c in columns))
+        Console(file=stream, highlight=False).print(table)
+        return
+    if fmt == "csv":
+        writer = csv.DictWriter(stream, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: neutralise_formula(v) for k, v in row.items()})
+        return
+    if fmt == "json":
+        stream.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    for row in rows:
+        stream.write(to_json(row) + "\n")
