@@ -17,6 +17,7 @@ from vitkit.errors import InputError
 # Pillow's own hard limit (twice its warning threshold): about 179 MP, or 537 MB of RGB pixels.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 MAX_PIXELS_FLAG = "--max-pixels"
+DRAFT_REDUCING_GAP = 2.0
 WHITE = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSE_FOR_ORIENTATION = {
@@ -86,10 +87,11 @@ def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedIma
     notes: list[str] = []
     orientation = _read_orientation(image, notes)
     if options.draft_size and image.format == "JPEG":
-        scale = options.draft_size / min(width, height)
+        # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free. Pillow picks the smallest scale that
+        # still covers the requested size; asking for twice what the model needs (the reducing gap
+        # Pillow's own thumbnail() uses) leaves a real antialiased resize to finish the job.
+        scale = DRAFT_REDUCING_GAP * options.draft_size / min(width, height)
         if scale < 1:
-            # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free; Pillow picks the smallest
-            # scale that still covers the requested size, so the model never sees upsampled pixels.
             image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
     image.load()
     rgb = to_rgb(image)

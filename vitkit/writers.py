@@ -104,11 +104,17 @@ class CsvWriter:
         self.stream.flush()
 
 
+def table_console(stream: IO[str]) -> Console:
+    # Off a terminal there is no width to fit; a wide table keeps each row on one line in files.
+    width = None if stream.isatty() else 240
+    return Console(file=stream, highlight=False, width=width)
+
+
 class TableWriter:
     """A rich table for people; it needs every row before it can size its columns."""
 
     def __init__(self, stream: IO[str], layout: RecordLayout) -> None:
-        self.console = Console(file=stream, highlight=False, soft_wrap=False)
+        self.console = table_console(stream)
         self.layout = layout
         self.table = Table(show_lines=False)
         for name in ("path", "size", "result"):
@@ -175,7 +181,7 @@ def write_listing(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(escape("" if row.get(c) is None else str(row.get(c))) for c in columns))
-        Console(file=stream, highlight=False).print(table)
+        table_console(stream).print(table)
         return
     if fmt == "csv":
         writer = csv.DictWriter(stream, fieldnames=list(columns), extrasaction="ignore")

@@ -8,7 +8,7 @@ import typer
 
 from vitkit.cache import format_bytes, get_cached_sizes, get_hub_repo_id
 from vitkit.cli import options as o
-from vitkit.errors import EXIT_MODEL, VitkitError
+from vitkit.errors import EXIT_MODEL, ModelNotCachedError, VitkitError
 from vitkit.loading import load_model
 from vitkit.registry import DEFAULT_MODELS, ModelSpec, list_catalogue, resolve_any
 from vitkit.report import Reporter
@@ -76,9 +76,14 @@ def pull(names: Annotated[list[str], typer.Argument(help="Aliases or references 
         try:
             spec = resolve_any(name, capability)
             load_model(spec, capability or min(spec.capabilities, default=""), device="cpu", precision="fp32")
+        except ModelNotCachedError:
+            failed += 1
+            reporter.message(f"error: cannot download {name}: the Hugging Face Hub cannot be reached "
+                             "(check the network, HF_ENDPOINT and proxy settings)")
+            continue
         except VitkitError as exc:
             failed += 1
-            reporter.message(f"error: {name}: {exc.message}")
+            reporter.message(f"error: {name}: {exc.one_line()}")
             continue
         reporter.message(f"ready: {spec.describe_source()}")
     raise typer.Exit(EXIT_MODEL if failed else 0)

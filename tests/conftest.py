@@ -1,0 +1,120 @@
+"""Hermetic test set-up: temp Hugging Face cache, offline hub, tiny random models saved in each library's own format."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO_ROOT / "sample_data"
+GOOD_SAMPLES = sorted(p.name for p in SAMPLE_DATA.glob("*.jpg"))
+BROKEN_SAMPLES = sorted(p.name for p in (SAMPLE_DATA / "broken").glob("*.jpg"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def hermetic_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("hf_home")
+    os.environ["HF_HOME"] = str(home)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.pop("VITKIT_DEBUG", None)
+    import torch
+
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-block ViT with a 1000-class head, saved by timm's own save_for_hf (config.json + model.safetensors)."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1000,
+                              depth=2, embed_dim=64, num_heads=2)
+    with torch.no_grad():
+        # Random heads give near-uniform probabilities; a wider head makes top-k order meaningful.
+        model.head.weight.normal_(0, 0.5)
+    path = tmp_path_factory.mktemp("models") / "tiny-vit"
+    save_for_hf(model, str(path), safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_labelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class custom checkpoint that brings its own label names in config.json."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(1)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+                              depth=1, embed_dim=32, num_heads=2, img_size=64)
+    path = tmp_path_factory.mktemp("models") / "tiny-vit-labelled"
+    save_for_hf(model, str(path), model_config={"label_names": ["cat", "dog", "rocket"]}, safe_serialization=True)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A copy of sample_data (good photos and broken files) that tests may change freely."""
+    target = tmp_path / "photos"
+    shutil.copytree(SAMPLE_DATA, target)
+    return target
+
+
+def parse_jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def run_vitkit(*args: str, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed command line in a real subprocess (stdout a pipe, no terminal)."""
+    return subprocess.run([sys.executable, "-m", "vitkit", *args], capture_output=True, text=True,
+                          input=input, cwd=cwd, env=os.environ.copy(), timeout=300)
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CLIP in open_clip's local-dir layout: open_clip_config.json + open_clip_model.safetensors."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
+    path = tmp_path_factory.mktemp("models") / "tiny-clip"
+    path.mkdir()
+    config = {"model_cfg": TINY_CLIP_CONFIG,
+              "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}
+    (path / "open_clip_config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_transformers_mae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViTMAE (with decoder) and its image processor, saved with save_pretrained."""
+    import torch
+    from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
+
+    torch.manual_seed(0)
+    config = ViTMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          image_size=32, patch_size=16, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+                          decoder_num_attention_heads=2, decoder_intermediate_size=64)
+    path = tmp_path_factory.mktemp("models") / "tiny-mae"
+    ViTMAEForPreTraining(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path

@@ -1,0 +1,178 @@
+"""`vitkit classify` end to end through the CLI, on real image files and a tiny local timm model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl, run_vitkit
+from vitkit.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, list(args), input=input)
+
+
+def test_jsonl_one_line_per_image_in_order_with_errors(tiny_timm_dir: Path) -> None:
+    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--format", "jsonl", "-k", "3")
+    records = parse_jsonl(result.stdout)
+    expected = sorted([f"broken/{n}" for n in BROKEN_SAMPLES]) + GOOD_SAMPLES
+    assert [os.path.relpath(r["path"], SAMPLE_DATA) for r in records] == sorted(expected)
+    for record in records:
+        if os.path.basename(os.path.dirname(record["path"])) == "broken":
+            assert set(record) == {"path", "error"} and record["error"]
+        else:
+            assert set(record) == {"path", "width", "height", "predictions"}
+            assert len(record["predictions"]) == 3
+            for p in record["predictions"]:
+                assert set(p) == {"label", "class_id", "score"}
+                assert 0 <= p["score"] <= 1 and isinstance(p["class_id"], int) and p["label"]
+            scores = [p["score"] for p in record["predictions"]]
+            assert scores == sorted(scores, reverse=True)
+    assert result.exit_code == 1
+    assert "3 of 9 inputs failed" in result.stderr
+    for name in BROKEN_SAMPLES:
+        assert f"broken/{name}:" in result.stderr
+
+
+def test_error_reasons_name_the_problem(tiny_timm_dir: Path) -> None:
+    result = invoke("classify", str(SAMPLE_DATA / "broken"), "--model", str(tiny_timm_dir))
+    errors = {Path(r["path"]).name: r["error"] for r in parse_jsonl(result.stdout)}
+    assert errors["empty.jpg"] == "empty file (0 bytes)"
+    assert "truncated" in errors["truncated.jpg"]
+    assert "not an image" in errors["not_an_image.jpg"]
+
+
+def test_exit_zero_when_all_succeed_and_labels_come_from_imagenet(tiny_timm_dir: Path) -> None:
+    result = invoke("classify", *(str(SAMPLE_DATA / n) for n in GOOD_SAMPLES), "--model", str(tiny_timm_dir))
+    assert result.exit_code == 0, result.stderr
+    records = parse_jsonl(result.stdout)
+    assert [Path(r["path"]).name for r in records] == GOOD_SAMPLES  # order as given
+    from timm.data import ImageNetInfo
+
+    names = ImageNetInfo("imagenet-1k").label_descriptions()
+    for p in records[0]["predictions"]:
+        assert p["label"] == names[p["class_id"]]
+    assert result.stderr == ""
+
+
+def test_checkpoint_brings_its_own_labels(tiny_timm_labelled_dir: Path) -> None:
+    result = invoke("classify", str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_timm_labelled_dir), "-k", "5")
+    assert result.exit_code == 0, result.stderr
+    [record] = parse_jsonl(result.stdout)
+    assert sorted(p["label"] for p in record["predictions"]) == ["cat", "dog", "rocket"]  # k capped at 3 classes
+
+
+def test_labels_file_for_custom_checkpoint(tmp_path: Path) -> None:
+    import timm
+    from timm.models import save_for_hf
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, depth=1,
+                              embed_dim=32, num_heads=2, img_size=32)
+    save_for_hf(model, str(tmp_path / "m"), safe_serialization=True)
+    (tmp_path / "m" / "labels.txt").write_text("good\nbad\n")
+    result = invoke("classify", str(SAMPLE_DATA / "coffee.jpg"), "--model", f"local-dir:{tmp_path / 'm'}")
+    assert {p["label"] for p in parse_jsonl(result.stdout)[0]["predictions"]} == {"good", "bad"}
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_other_formats(tiny_timm_dir: Path, fmt: str) -> None:
+    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--format", fmt, "-k", "2")
+    assert result.exit_code == 1
+    if fmt == "json":
+        records = json.loads(result.stdout)
+        assert len(records) == 9 and sum("error" in r for r in records) == 3
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(result.stdout)))
+        assert len(rows) == 6 * 2 + 3  # long form: one row per prediction, one per failure
+        assert {r["rank"] for r in rows if not r["error"]} == {"1", "2"}
+    else:
+        assert "chelsea.jpg" in result.stdout and "error: empty file" in result.stdout
+
+
+def test_output_file_and_format_from_extension(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--output", str(out))
+    assert result.stdout == ""
+    assert len(json.loads(out.read_text())) == 9
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
+
+
+def test_files_from_stdin_and_nul_separated(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    paths = [str(SAMPLE_DATA / "rocket.jpg"), str(SAMPLE_DATA / "broken" / "empty.jpg"), str(SAMPLE_DATA / "coffee.jpg")]
+    result = invoke("classify", "--files-from", "-", "--model", str(tiny_timm_dir), input="\n".join(paths) + "\n")
+    assert [r["path"] for r in parse_jsonl(result.stdout)] == paths
+    listing = tmp_path / "list.bin"
+    listing.write_text("\0".join(reversed(paths)) + "\0")
+    result = invoke("classify", "--files-from", str(listing), "-0", "--model", str(tiny_timm_dir))
+    assert [r["path"] for r in parse_jsonl(result.stdout)] == list(reversed(paths))
+
+
+def test_missing_path_is_an_error_record_not_a_crash(tiny_timm_dir: Path) -> None:
+    result = invoke("classify", str(SAMPLE_DATA / "chelsea.jpg"), "nope/missing.jpg", "--model", str(tiny_timm_dir))
+    records = parse_jsonl(result.stdout)
+    assert records[1] == {"path": "nope/missing.jpg", "error": "no such file or directory"}
+    assert "predictions" in records[0] and result.exit_code == 1
+
+
+def test_usage_errors_exit_2(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    result = invoke("classify", str(tmp_path), "--model", str(tiny_timm_dir))
+    assert result.exit_code == 2 and "no images found" in result.stderr
+    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--format", "xml")
+    assert result.exit_code == 2
+
+
+def test_offline_default_model_exits_3_with_one_clear_line() -> None:
+    result = invoke("classify", str(SAMPLE_DATA))
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "vit-b16" in lines[0] and "vitkit models pull vit-b16" in lines[0]
+    assert result.stdout == ""
+
+
+def test_misspelt_model_suggests_close_matches() -> None:
+    result = invoke("classify", str(SAMPLE_DATA), "--model", "vit-b61")
+    assert result.exit_code == 3
+    assert "unknown model 'vit-b61'" in result.stderr and "vit-b16" in result.stderr
+
+
+def test_model_for_another_task_is_refused() -> None:
+    result = invoke("classify", str(SAMPLE_DATA), "--model", "clip-b32")
+    assert result.exit_code == 2 and "cannot classify" in result.stderr
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for args in (["--help"], ["classify", "--help"], ["models", "--help"], ["models", "list", "--help"],
+                 ["models", "show", "--help"], ["models", "pull", "--help"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, args
+        assert "Example" in result.stdout or args == ["models", "--help"], args
+
+
+def test_real_subprocess_jsonl_and_exit_code(tiny_timm_dir: Path) -> None:
+    proc = run_vitkit("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "-k", "1", "--workers", "2")
+    assert proc.returncode == 1
+    records = parse_jsonl(proc.stdout)  # piped stdout: JSONL by default, nothing else on it
+    assert len(records) == 9
+    assert "Traceback" not in proc.stderr
+
+
+def test_pipe_into_head_closes_cleanly(tiny_timm_dir: Path) -> None:
+    command = (f"{sys.executable} -m vitkit classify {SAMPLE_DATA} {SAMPLE_DATA} {SAMPLE_DATA}/*.jpg "
+               f"--model {tiny_timm_dir} -b 1 | head -1")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=300)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["path"].endswith("astronaut.jpg")
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
