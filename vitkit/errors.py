@@ -56,3 +56,19 @@ class InputError(VitkitError):
 
 class OutputError(VitkitError):
     """Results could not be written where asked."""
+
+
+class IndexError_(VitkitError):
+    """The on-disk index cannot be used as asked (base class; the trailing _ avoids the builtin)."""
+
+
+class IndexLockedError(IndexError_):
+    """Another process is writing the index."""
+
+
+class IndexModelMismatchError(IndexError_):
+    """The index was built with another model; mixing vector spaces would give meaningless scores."""
+
+
+class IndexSchemaError(IndexError_):
+    """The index was written by a newer vitkit (or is not a vitkit index)."""

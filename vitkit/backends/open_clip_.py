@@ -38,3 +38,24 @@ def load_open_clip(spec: ModelSpec) -> tuple[torch.nn.Module, OpenClipAssets]:
         tokenizer = open_clip.get_tokenizer(spec.source)
     model.eval()
     return model, OpenClipAssets(transform, tokenizer)
+
+
+def resize_size(transform: Any) -> int | None:
+    """Shorter side open_clip's eval transform resizes to, read from the transform itself."""
+    for step in getattr(transform, "transforms", ()):
+        size = getattr(step, "size", None)
+        if type(step).__name__ == "Resize" and size is not None:
+            return max(size) if isinstance(size, (tuple, list)) else int(size)
+    return None
+
+
+def encode_images(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, D) unit vectors in float32."""
+    return torch.nn.functional.normalize(model.encode_image(images).float(), dim=-1)
+
+
+def encode_texts(model: torch.nn.Module, tokenizer: Callable[..., torch.Tensor], texts: list[str],
+                 device: torch.device) -> torch.Tensor:
+    """list of N strings -> (N, D) unit vectors in float32."""
+    tokens = tokenizer(texts).to(device)
+    return torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)

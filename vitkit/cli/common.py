@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import typer
 
 from vitkit.discover import InputItem, discover_inputs
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
 from vitkit.report import Reporter
-from vitkit.runner import RunOptions, run
-from vitkit.tasks.base import Task
 from vitkit.writers import open_writer, resolve_format
+
+if TYPE_CHECKING:
+    from vitkit.runner import RunOptions
+    from vitkit.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,10 @@ def collect_inputs(paths: list[str] | None, files_from: str | None, null_separat
     return items
 
 
-def run_and_write(task: Task, items: list[InputItem], run_options: RunOptions, out: OutputOptions) -> None:
+def run_and_write(task: "Task", items: list[InputItem], run_options: "RunOptions", out: OutputOptions) -> None:
     """Stream records to the chosen writer; exit 1 if any input failed, after writing all the others."""
+    from vitkit.runner import run
+
     reporter = Reporter(quiet=out.quiet)
     fmt = resolve_format(out.format, out.output)
     failed = 0

@@ -9,7 +9,6 @@ import typer
 from vitkit.cache import format_bytes, get_cached_sizes, get_hub_repo_id
 from vitkit.cli import options as o
 from vitkit.errors import EXIT_MODEL, ModelNotCachedError, VitkitError
-from vitkit.loading import load_model
 from vitkit.registry import DEFAULT_MODELS, ModelSpec, list_catalogue, resolve_any
 from vitkit.report import Reporter
 from vitkit.writers import resolve_format, write_listing
@@ -70,6 +69,8 @@ def pull(names: Annotated[list[str], typer.Argument(help="Aliases or references 
 
     Example: vitkit models pull vit-b16 clip-b32
     """
+    from vitkit.loading import load_model
+
     reporter = Reporter(quiet=quiet)
     failed = 0
     for name in names:

@@ -1,0 +1,149 @@
+"""Pictures of results: a self-contained static HTML contact sheet (one file, no scripts, no external resources)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from vitkit.decode import DecodeOptions, decode_image
+from vitkit.errors import InputError, UsageError
+from vitkit.writers import open_output
+
+JPEG_QUALITY = 80
+# The page runs nothing and fetches nothing: thumbnails are data: URIs and the only style is inline.
+CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+# Lone surrogates (undecodable bytes in file names, via os.fsdecode) cannot be written as UTF-8;
+# C0 controls other than whitespace would be invisible or parse errors in HTML.
+_UNPRINTABLE = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Tile:
+    path: str  # shown as the tile's caption and used to make the thumbnail
+    lines: tuple[str, ...] = ()  # e.g. ("rank 1", "score 0.312") or ("tabby cat 0.81", "tiger cat 0.10")
+    error: str | None = None  # a tile for a failed image shows the error instead of a thumbnail
+
+
+@dataclass(frozen=True)
+class _Thumbnail:
+    data_uri: str
+    width: int
+    height: int
+
+
+def write_contact_sheet(output: str | Path, tiles: Sequence[Tile], title: str, subtitle: str = "",
+                        thumb_size: int = 192) -> None:
+    """One HTML page of thumbnails with captions; it appears complete at `output` or not at all."""
+    if thumb_size < 1:
+        raise UsageError(f"thumbnail size must be a positive number of pixels, not {thumb_size}")
+    page = render_contact_sheet(tiles, title, subtitle, thumb_size)
+    with open_output(os.fspath(output)) as stream:
+        stream.write(page)
+
+
+def render_contact_sheet(tiles: Sequence[Tile], title: str, subtitle: str = "", thumb_size: int = 192) -> str:
+    """The page as text; every surrogate is already replaced, so it always encodes as UTF-8."""
+    body = "\n".join(_render_tile(tile, thumb_size) for tile in tiles)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_text(title)}</title>
+<style>{_stylesheet(thumb_size)}</style>
+</head>
+<body>
+{_render_header(tiles, title, subtitle)}
+<main class="grid">
+{body}
+</main>
+</body>
+</html>
+"""
+
+
+def _make_thumbnail(path: str, thumb_size: int) -> _Thumbnail:
+    """A JPEG data URI no larger than thumb_size on either side; raises InputError when the file cannot be read."""
+    decoded = decode_image(path, DecodeOptions(draft_size=thumb_size))
+    image = decoded.image.copy()  # thumbnail() resizes in place; the decoded image may be shared
+    image.thumbnail((thumb_size, thumb_size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _Thumbnail(f"data:image/jpeg;base64,{encoded}", image.width, image.height)
+
+
+def _render_header(tiles: Sequence[Tile], title: str, subtitle: str) -> str:
+    failed = sum(1 for tile in tiles if tile.error is not None)
+    count = f"{len(tiles)} image{'' if len(tiles) == 1 else 's'}"
+    if failed:
+        count += f", {failed} failed"
+    parts = [f"<h1>{_text(title)}</h1>"]
+    if subtitle:
+        parts.append(f'<p class="subtitle">{_text(subtitle)}</p>')
+    parts.append(f'<p class="count">{count}</p>')
+    return "<header>\n" + "\n".join(parts) + "\n</header>"
+
+
+def _render_tile(tile: Tile, thumb_size: int) -> str:
+    name = _caption_name(tile.path)
+    caption = [f'<span class="name">{_text(name)}</span>']
+    caption += [f'<span class="line">{_text(line)}</span>' for line in tile.lines]
+    return (f'<figure class="tile" title="{_text(tile.path)}">\n'
+            f"{_render_picture(tile, name, thumb_size)}\n"
+            f"<figcaption>{''.join(caption)}</figcaption>\n"
+            "</figure>")
+
+
+def _render_picture(tile: Tile, name: str, thumb_size: int) -> str:
+    if tile.error is not None:
+        return f'<div class="frame"><p class="error">{_text(tile.error)}</p></div>'
+    try:
+        thumbnail = _make_thumbnail(tile.path, thumb_size)
+    except InputError as exc:
+        return f'<div class="frame"><p class="nopreview">no preview: {_text(exc.one_line())}</p></div>'
+    except (OSError, ValueError) as exc:
+        # The record itself succeeded; a thumbnail that cannot be encoded must not cost the whole sheet.
+        return f'<div class="frame"><p class="nopreview">no preview: {_text(str(exc) or type(exc).__name__)}</p></div>'
+    return (f'<div class="frame"><img src="{thumbnail.data_uri}" width="{thumbnail.width}" '
+            f'height="{thumbnail.height}" alt="{_text(name)}"></div>')
+
+
+def _caption_name(path: str) -> str:
+    return os.path.basename(path.rstrip("/" + os.sep)) or path
+
+
+def _text(value: str) -> str:
+    return html.escape(_UNPRINTABLE.sub("\ufffd", value), quote=True)
+
+
+def _stylesheet(thumb_size: int) -> str:
+    return f"""
+:root {{ color-scheme: light; }}
+body {{ margin: 0; padding: 1.5rem; background: #f6f7f9; color: #1f2328;
+  font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }}
+header {{ margin-bottom: 1.25rem; }}
+h1 {{ margin: 0 0 .25rem; font-size: 1.5rem; overflow-wrap: anywhere; }}
+.subtitle {{ margin: 0 0 .25rem; color: #424a53; overflow-wrap: anywhere; }}
+.count {{ margin: 0; color: #656d76; }}
+.grid {{ display: grid; gap: 1rem;
+  grid-template-columns: repeat(auto-fill, minmax(min(100%, {thumb_size + 16}px), 1fr)); }}
+.tile {{ margin: 0; padding: 8px; background: #fff; border: 1px solid #d0d7de; border-radius: 6px;
+  display: flex; flex-direction: column; gap: 6px; min-width: 0; }}
+.frame {{ height: {thumb_size}px; display: flex; align-items: center; justify-content: center;
+  background: #eef1f4; border-radius: 4px; overflow: hidden; }}
+.frame img {{ max-width: 100%; max-height: 100%; width: auto; height: auto; object-fit: contain; }}
+.frame p {{ margin: 0; padding: .5rem; font-size: 12px; text-align: center; overflow-wrap: anywhere; }}
+.error {{ color: #b42318; }}
+.nopreview {{ color: #656d76; font-style: italic; }}
+figcaption {{ display: flex; flex-direction: column; min-width: 0; }}
+.name {{ font-weight: 600; overflow-wrap: anywhere; }}
+.line {{ color: #424a53; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }}
+"""
