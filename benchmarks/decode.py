@@ -83,6 +83,8 @@ def main() -> None:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "n/a"
     print(f"machine: {platform.machine()} {platform.system()}, cpu_count={os.cpu_count()}, usable cpus={affinity}, "
           f"torch threads={torch.get_num_threads()}")
+    if hasattr(os, "getloadavg"):  # other load on the box skews both variants; worth seeing up front
+        print("load average (1/5/15 min): " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     print(f"versions: python {platform.python_version()}, torch {torch.__version__}, Pillow {PIL.__version__}")
 
     with tempfile.TemporaryDirectory(prefix="vitkit-decode-bench-") as tmp:

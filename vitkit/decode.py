@@ -90,9 +90,12 @@ def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedIma
         # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free. Pillow picks the smallest scale that
         # still covers the requested size; asking for twice what the model needs (the reducing gap
         # Pillow's own thumbnail() uses) leaves a real antialiased resize to finish the job.
+        # Pillow's draft() also switches libjpeg to its fast upsampling, even at scale 1, so it is
+        # called only when a real reduction (1/2 or less) follows.
         scale = DRAFT_REDUCING_GAP * options.draft_size / min(width, height)
-        if scale < 1:
-            image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+        wanted = (math.ceil(width * scale), math.ceil(height * scale))
+        if min(width // wanted[0], height // wanted[1]) >= 2:
+            image.draft(image.mode, wanted)
     image.load()
     rgb = to_rgb(image)
     if orientation in _TRANSPOSE_FOR_ORIENTATION:

@@ -71,6 +71,7 @@ def load_model(
     with _cache_lock:
         if key not in _cache:
             module, assets = _load_uncached(spec, capability, offline, trust_remote_code)
+            module.requires_grad_(False)  # inference only: no autograd bookkeeping
             _cache[key] = LoadedModel(spec, module.to(torch_device), torch_device, dtype, assets)
         return _cache[key]
 

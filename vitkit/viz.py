@@ -40,8 +40,6 @@ class _Thumbnail:
 def write_contact_sheet(output: str | Path, tiles: Sequence[Tile], title: str, subtitle: str = "",
                         thumb_size: int = 192) -> None:
     """One HTML page of thumbnails with captions; it appears complete at `output` or not at all."""
-    if thumb_size < 1:
-        raise UsageError(f"thumbnail size must be a positive number of pixels, not {thumb_size}")
     page = render_contact_sheet(tiles, title, subtitle, thumb_size)
     with open_output(os.fspath(output)) as stream:
         stream.write(page)
@@ -49,6 +47,8 @@ def write_contact_sheet(output: str | Path, tiles: Sequence[Tile], title: str, s
 
 def render_contact_sheet(tiles: Sequence[Tile], title: str, subtitle: str = "", thumb_size: int = 192) -> str:
     """The page as text; every surrogate is already replaced, so it always encodes as UTF-8."""
+    if thumb_size < 1:
+        raise UsageError(f"thumbnail size must be a positive number of pixels, not {thumb_size}")
     body = "\n".join(_render_tile(tile, thumb_size) for tile in tiles)
     return f"""<!DOCTYPE html>
 <html lang="en">

@@ -154,6 +154,10 @@ def open_output(path: str | None) -> Iterator[IO[str]]:
         fd, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}", hint="check the folder exists and is writable") from exc
+    # mkstemp creates 0600 files; results should get the permissions any new file would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_path, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
             yield stream

@@ -69,8 +69,10 @@ def _root(version: Annotated[Optional[bool], typer.Option(
 def _register() -> None:
     from vitkit.cli import models
     from vitkit.cli.classify import classify
+    from vitkit.cli.label import label
 
     app.command("classify", no_args_is_help=True)(classify)
+    app.command("label", no_args_is_help=True)(label)
     app.add_typer(models.app, name="models")
 
 

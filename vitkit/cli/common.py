@@ -13,6 +13,7 @@ from vitkit.report import Reporter
 from vitkit.writers import open_writer, resolve_format
 
 if TYPE_CHECKING:
+    from vitkit.records import RecordLayout
     from vitkit.runner import RunOptions
     from vitkit.tasks.base import Task
 
@@ -22,6 +23,7 @@ class OutputOptions:
     format: str = "auto"
     output: str | None = None
     quiet: bool = False
+    html: str | None = None  # contact sheet written after the run
 
 
 def collect_inputs(paths: list[str] | None, files_from: str | None, null_separated: bool) -> list[InputItem]:
@@ -43,9 +45,21 @@ def run_and_write(task: "Task", items: list[InputItem], run_options: "RunOptions
     reporter = Reporter(quiet=out.quiet)
     fmt = resolve_format(out.format, out.output)
     failed = 0
+    tiles: list[dict] = []
     with open_writer(fmt, out.output, task.layout) as writer:
         for record in run(task, items, run_options, reporter):
             writer.write(record.to_dict())
             failed += not record.ok
+            if out.html:
+                tiles.append(record.to_dict())
+    if out.html:
+        write_sheet(out.html, tiles, task.layout, f"model {task.model.spec.id}")
     reporter.print_summary()
     raise typer.Exit(EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK)
+
+
+def write_sheet(path: str, records: list[dict], layout: "RecordLayout", subtitle: str) -> None:
+    from vitkit.viz import Tile, write_contact_sheet
+
+    tiles = [Tile(r["path"], () if "error" in r else (layout.describe(r),), r.get("error")) for r in records]
+    write_contact_sheet(path, tiles, title="vitkit results", subtitle=subtitle)

@@ -38,6 +38,8 @@ NoDraft = Annotated[bool, typer.Option(
     "--no-draft", help="Always decode JPEGs at full resolution (slower; draft decoding is on by default).")]
 Offline = Annotated[bool, typer.Option(
     "--offline", help="Never contact the Hugging Face Hub; use cached weights only (as HF_HUB_OFFLINE=1).")]
+Html = Annotated[Optional[str], typer.Option(
+    "--html", metavar="FILE", help="Also write a self-contained HTML contact sheet of the results.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, warnings or per-file error lines on stderr.")]
 
 DEFAULT_BATCH_SIZE = 16

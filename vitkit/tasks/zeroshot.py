@@ -94,9 +94,9 @@ class ZeroShotTask:
         self.preprocess = model.assets.transform
         self.draft_size = resize_size(model.assets.transform)
         module = model.module
-        self.logit_scale = float(module.logit_scale.exp())
+        self.logit_scale = float(module.logit_scale.detach().exp())
         bias = getattr(module, "logit_bias", None)
-        self.logit_bias = None if bias is None else float(bias)
+        self.logit_bias = None if bias is None else float(bias.detach())
         # SigLIP-type models are trained with a sigmoid over (scale * cos + bias), so their independent
         # scores are probabilities; CLIP's are not, and its cosine similarity is the honest score.
         self.uses_sigmoid = self.logit_bias is not None
