@@ -22,6 +22,7 @@ def hermetic_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     home = tmp_path_factory.mktemp("hf_home")
     os.environ["HF_HOME"] = str(home)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["VITKIT_HOME"] = str(tmp_path_factory.mktemp("vitkit_home"))
     os.environ.pop("VITKIT_DEBUG", None)
     import torch
 
