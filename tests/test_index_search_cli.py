@@ -187,3 +187,18 @@ def test_usage_errors(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, base + ["--text", "a", "--image", "b.jpg"]).exit_code == 2
     empty = runner.invoke(app, base + ["--text", "a"])
     assert empty.exit_code == 2 and "vitkit index" in empty.stderr
+
+
+def test_second_indexer_is_told_the_index_is_locked_while_search_works(photos: Path, tiny_open_clip_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    from vitkit.index import VectorIndex
+    from vitkit.indexing import get_model_key
+    from vitkit.registry import EMBED, resolve
+
+    index_dir = tmp_path / "idx"
+    index_cmd(photos, tiny_open_clip_dir, index_dir)
+    spec = resolve(str(tiny_open_clip_dir), EMBED)
+    with VectorIndex.open_for_writing(index_dir, get_model_key(spec), 32):
+        blocked = runner.invoke(app, ["index", str(photos), "--model", str(tiny_open_clip_dir), "--index", str(index_dir)])
+        assert blocked.exit_code == 2 and "locked" in blocked.stderr and "--wait" in blocked.stderr
+        assert len(search_cmd(tiny_open_clip_dir, index_dir, "--text", "a cat", "-k", "3")) == 3

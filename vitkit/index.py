@@ -458,9 +458,7 @@ class VectorIndex:
         conn = None
         try:
             conn = _connect(folder / DB_NAME, readonly=False)
-            index = cls(folder, conn, _prepare_for_writing(conn, folder, model_key, dim, rebuild), lock_fd)
-            index._open_vector_file()
-            return index
+            meta = _prepare_for_writing(conn, folder, model_key, dim, rebuild)
         except BaseException as e:
             if conn is not None:
                 conn.close()
@@ -468,6 +466,13 @@ class VectorIndex:
             if isinstance(e, sqlite3.DatabaseError):
                 raise _open_error(folder, e) from e
             raise
+        index = cls(folder, conn, meta, lock_fd)
+        try:
+            index._open_vector_file()
+        except BaseException:
+            index.close()
+            raise
+        return index
 
     @classmethod
     def open_for_reading(cls, folder: str | Path, model_key: str | None = None) -> VectorIndex:
@@ -475,14 +480,16 @@ class VectorIndex:
         folder = Path(folder)
         if not (folder / DB_NAME).is_file():
             raise _no_index(folder)
-        conn = _connect(folder / DB_NAME, readonly=True)
+        conn = None
         try:
+            conn = _connect(folder / DB_NAME, readonly=True)
             with _transaction(conn, "BEGIN"):
                 if _check_version(conn, folder) == 0:
                     raise _no_index(folder)  # a writer died before finishing the first transaction
                 meta = _read_meta(conn, folder)
         except BaseException as e:
-            conn.close()
+            if conn is not None:
+                conn.close()
             if isinstance(e, sqlite3.DatabaseError):
                 raise _open_error(folder, e) from e
             raise
