@@ -102,7 +102,7 @@ def test_search_chunk_boundaries_do_not_change_results(tmp_path: Path, monkeypat
     queries = unit_vectors(3, seed=3)
     with VectorIndex.open_for_reading(tmp_path / "idx") as index:
         whole = index.search(queries, k=7)
-        monkeypatch.setattr("vitkit.index.SEARCH_CHUNK_ROWS", 16)  # 7 chunks, the last one short
+        monkeypatch.setattr("vitkit.index.SEARCH_BUFFER_BYTES", 16 * DIM * 4)  # 16 rows: 7 chunks, the last short
         chunked = index.search(queries, k=7)
     assert [as_pairs(h) for h in chunked] == [as_pairs(h) for h in whole]
 
@@ -248,6 +248,38 @@ def test_reader_sees_rows_committed_after_it_opened(tmp_path: Path) -> None:
             assert reader.search(vectors[3], k=1)[0][0].path == str(photos[3])
         with VectorIndex.open_for_reading(tmp_path / "idx") as fresh:
             assert fresh.stats().files == 4
+
+
+WRITER_SCRIPT = """
+import sys, time
+import numpy as np
+from vitkit.index import FileState, VectorIndex
+folder, batches, per_batch, dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+vectors = np.random.default_rng(0).standard_normal((batches * per_batch, dim)).astype(np.float32)
+with VectorIndex.open_for_writing(folder, "test-clip", dim) as index:
+    print("ready", flush=True)
+    for b in range(batches):
+        index.add([(FileState(f"/w/{i:05d}.png", 1, 1), f"h{i}", vectors[i], 1, 1)
+                   for i in range(b * per_batch, (b + 1) * per_batch)])
+        time.sleep(0.01)  # like a model embedding the next batch; gives the reader states in between
+"""
+
+
+def test_search_while_another_process_writes(tmp_path: Path) -> None:
+    batches, per_batch = 40, 50
+    writer = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(tmp_path / "idx"), str(batches), str(per_batch),
+                               str(DIM)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "ready"
+    counts = []
+    with VectorIndex.open_for_reading(tmp_path / "idx", MODEL) as reader:
+        while writer.poll() is None or not counts or counts[-1] < batches * per_batch:
+            hits = reader.search(unit_vectors(1, seed=13), k=batches * per_batch)[0]
+            assert all(-1.01 <= h.score <= 1.01 for h in hits)
+            counts.append(len(hits))
+    assert writer.wait(timeout=60) == 0
+    assert counts == sorted(counts) and counts[-1] == batches * per_batch  # never a row lost or half-written
+    assert all(c % per_batch == 0 for c in counts)  # batches appear whole: one transaction each
+    assert len(set(counts)) >= 3  # the reader really did search between commits
 
 
 def test_compact_keeps_results_and_drops_garbage(tmp_path: Path) -> None:

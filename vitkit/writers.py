@@ -124,7 +124,7 @@ class TableWriter:
         if "error" in record:
             self.table.add_row(escape(record["path"]), "", f"[red]error: {escape(record['error'])}[/red]")
             return
-        size = f"{record.get('width')}x{record.get('height')}"
+        size = f"{record['width']}x{record['height']}" if record.get("width") else ""
         self.table.add_row(escape(record["path"]), size, escape(self.layout.describe(record)))
 
     def close(self) -> None:
