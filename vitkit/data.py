@@ -69,10 +69,17 @@ class ImageDataset(Dataset):
         return Sample(index, item.path, decoded.width, decoded.height, inputs, warnings=decoded.warnings)
 
 
-def collate_samples(samples: list[Sample]) -> Batch:
-    ok_inputs = [s.inputs for s in samples if s.ok]
-    inputs = default_collate(ok_inputs) if ok_inputs else None
-    return Batch(tuple(replace(s, inputs=None) for s in samples), inputs)
+class SampleCollator:
+    """Collates the ok samples' inputs (with a task's own function, e.g. padding, or torch's default)
+    and keeps every sample's slot. A class rather than a closure so it pickles into workers."""
+
+    def __init__(self, collate_inputs: Callable[[list[Any]], Any] | None = None) -> None:
+        self.collate_inputs = collate_inputs or default_collate
+
+    def __call__(self, samples: list[Sample]) -> Batch:
+        ok_inputs = [s.inputs for s in samples if s.ok]
+        inputs = self.collate_inputs(ok_inputs) if ok_inputs else None
+        return Batch(tuple(replace(s, inputs=None) for s in samples), inputs)
 
 
 def default_workers() -> int:
@@ -89,6 +96,7 @@ def iterate_batches(
     workers: int | None = None,
     decode_options: DecodeOptions = DecodeOptions(),
     pin_memory: bool = False,
+    collate_inputs: Callable[[list[Any]], Any] | None = None,
 ) -> Iterator[Batch]:
     """Batches in input order. Worker count is capped by the number of batches: no idle processes."""
     dataset = ImageDataset(items, preprocess, decode_options)
@@ -99,7 +107,7 @@ def iterate_batches(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate_samples,
+        collate_fn=SampleCollator(collate_inputs),
         pin_memory=pin_memory,
         prefetch_factor=2 if workers > 0 else None,
         persistent_workers=False,

@@ -30,7 +30,8 @@ def run(task: Task, items: Sequence[InputItem], options: RunOptions = RunOptions
     reporter = reporter or Reporter(quiet=True)
     decode_options = DecodeOptions(task.draft_size if options.draft else None, options.max_pixels)
     batches = iterate_batches(items, task.preprocess, options.batch_size, options.workers, decode_options,
-                              pin_memory=task.model.device.type == "cuda")
+                              pin_memory=task.model.device.type == "cuda",
+                              collate_inputs=getattr(task, "collate_inputs", None))
     reporter.start(len(items))
     try:
         for batch in batches:

@@ -7,14 +7,15 @@ import csv
 import json
 import os
 import sys
-import tempfile
+from pathlib import Path
 from typing import IO, Any, Iterator, Protocol
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vitkit.errors import OutputError, UsageError
+from vitkit.errors import UsageError
+from vitkit.outputs import atomic_write_path
 from vitkit.records import RecordLayout
 
 FORMATS = ("auto", "table", "json", "jsonl", "csv")
@@ -149,23 +150,8 @@ def open_output(path: str | None) -> Iterator[IO[str]]:
     if path is None or path == "-":
         yield sys.stdout
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}", hint="check the folder exists and is writable") from exc
-    # mkstemp creates 0600 files; results should get the permissions any new file would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp_path, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
-            yield stream
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_path)
-        raise
+    with atomic_write_path(Path(path)) as temp, open(temp, "w", encoding="utf-8", newline="") as stream:
+        yield stream
 
 
 @contextlib.contextmanager
