@@ -1,4 +1,4 @@
-"""transformers: detection, segmentation and MAE models with their own image processors."""
+"""transformers: detection, segmentation and MAE models with their own processors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
+from vitkit.errors import ModelTaskMismatchError
 from vitkit.registry import CLASSIFY, DETECT, INPAINT, SEGMENT, ModelSpec
 
+# Used only when a checkpoint's config names no architecture class of its own.
 _AUTO_CLASS_FOR_CAPABILITY = {
     DETECT: "AutoModelForObjectDetection",
     SEGMENT: "AutoModelForSemanticSegmentation",
@@ -19,15 +21,35 @@ _AUTO_CLASS_FOR_CAPABILITY = {
 
 @dataclass(frozen=True)
 class HfAssets:
-    processor: Any  # the checkpoint's own image processor (or processor, for text-prompted models)
+    processor: Any  # the checkpoint's own processor: an image processor, or image processor + tokenizer (CLIPSeg)
+    config: Any
 
 
 def load_transformers(spec: ModelSpec, capability: str, trust_remote_code: bool = False) -> tuple[torch.nn.Module, HfAssets]:
     import transformers
 
-    auto_class = getattr(transformers, _AUTO_CLASS_FOR_CAPABILITY.get(capability, "AutoModel"))
-    # use_safetensors=None prefers safetensors and lets transformers fall back to its weights_only torch.load
-    model = auto_class.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
-    processor = transformers.AutoImageProcessor.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
+    config = transformers.AutoConfig.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
+    model_class = _model_class(transformers, config, capability, spec)
+    # from_pretrained prefers safetensors and loads any .bin with torch.load(weights_only=True).
+    model = model_class.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
     model.eval()
-    return model, HfAssets(processor)
+    return model, HfAssets(_load_processor(transformers, spec.source, trust_remote_code), config)
+
+
+def _model_class(transformers: Any, config: Any, capability: str, spec: ModelSpec) -> Any:
+    """The head the checkpoint was saved with (its config says), so DETR-panoptic, Mask2Former and
+    CLIPSeg each get their own class; the capability's Auto class otherwise."""
+    for name in getattr(config, "architectures", None) or []:
+        if hasattr(transformers, name):
+            return getattr(transformers, name)
+    auto_name = _AUTO_CLASS_FOR_CAPABILITY.get(capability)
+    if auto_name is None:
+        raise ModelTaskMismatchError(f"model {spec.id!r} cannot {capability}")
+    return getattr(transformers, auto_name)
+
+
+def _load_processor(transformers: Any, source: str, trust_remote_code: bool) -> Any:
+    try:
+        return transformers.AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError):
+        return transformers.AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
