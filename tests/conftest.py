@@ -119,3 +119,26 @@ def tiny_transformers_mae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ViTMAEForPreTraining(config).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_detr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DETR with a timm ResNet-18 backbone (random, nothing downloaded) and its image processor."""
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor
+
+    torch.manual_seed(0)
+    labels = {0: "cat", 1: "dog", 2: "rocket"}
+    config = DetrConfig(use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False, d_model=32,
+                        encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, num_labels=3,
+                        id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = DetrForObjectDetection(config)
+    with torch.no_grad():
+        # Spread the random queries' boxes and scores so images differ and thresholds bite.
+        model.bbox_predictor.layers[-1].weight.normal_(0, 0.5)
+        model.class_labels_classifier.weight.normal_(0, 0.5)
+    path = tmp_path_factory.mktemp("models") / "tiny-detr"
+    model.save_pretrained(path)
+    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(path)
+    return path

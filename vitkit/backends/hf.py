@@ -28,6 +28,8 @@ class HfAssets:
 def load_transformers(spec: ModelSpec, capability: str, trust_remote_code: bool = False) -> tuple[torch.nn.Module, HfAssets]:
     import transformers
 
+    # Its per-load "Loading weights" bar would land on stderr for every run; downloads keep their own.
+    transformers.utils.logging.disable_progress_bar()
     config = transformers.AutoConfig.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
     model_class = _model_class(transformers, config, capability, spec)
     # from_pretrained prefers safetensors and loads any .bin with torch.load(weights_only=True).

@@ -69,11 +69,13 @@ def _root(version: Annotated[Optional[bool], typer.Option(
 def _register() -> None:
     from vitkit.cli import models
     from vitkit.cli.classify import classify
+    from vitkit.cli.detect import detect
     from vitkit.cli.index import index
     from vitkit.cli.label import label
     from vitkit.cli.search import search
 
     app.command("classify", no_args_is_help=True)(classify)
+    app.command("detect", no_args_is_help=True)(detect)
     app.command("label", no_args_is_help=True)(label)
     app.command("index", no_args_is_help=True)(index)
     app.command("search", no_args_is_help=True)(search)

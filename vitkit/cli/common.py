@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import typer
 
@@ -38,24 +38,46 @@ def collect_inputs(paths: list[str] | None, files_from: str | None, null_separat
     return items
 
 
-def run_and_write(task: "Task", items: list[InputItem], run_options: "RunOptions", out: OutputOptions) -> None:
+class RecordSink(Protocol):
+    """Something else that wants every record of the run (an HTML sheet, a COCO file)."""
+
+    def add(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run_and_write(task: "Task", items: list[InputItem], run_options: "RunOptions", out: OutputOptions,
+                  sinks: Sequence[RecordSink] = ()) -> None:
     """Stream records to the chosen writer; exit 1 if any input failed, after writing all the others."""
     from vitkit.runner import run
 
     reporter = Reporter(quiet=out.quiet)
     fmt = resolve_format(out.format, out.output)
+    sinks = [*sinks, *([ContactSheetSink(out.html, task.layout, f"model {task.model.spec.id}")] if out.html else [])]
     failed = 0
-    tiles: list[dict] = []
     with open_writer(fmt, out.output, task.layout) as writer:
         for record in run(task, items, run_options, reporter):
-            writer.write(record.to_dict())
+            as_dict = record.to_dict()
+            writer.write(as_dict)
             failed += not record.ok
-            if out.html:
-                tiles.append(record.to_dict())
-    if out.html:
-        write_sheet(out.html, tiles, task.layout, f"model {task.model.spec.id}")
+            for sink in sinks:
+                sink.add(as_dict)
+    for sink in sinks:
+        sink.close()
     reporter.print_summary()
     raise typer.Exit(EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK)
+
+
+class ContactSheetSink:
+    def __init__(self, path: str, layout: "RecordLayout", subtitle: str) -> None:
+        self.path, self.layout, self.subtitle = path, layout, subtitle
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        write_sheet(self.path, self.records, self.layout, self.subtitle)
 
 
 def write_sheet(path: str, records: list[dict], layout: "RecordLayout", subtitle: str) -> None:

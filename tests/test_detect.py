@@ -1,0 +1,139 @@
+"""`vitkit detect` end to end: parity with the processor's own post-processing, EXIF, outputs, COCO export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from tests.conftest import GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl
+from vitkit.cli import app
+
+runner = CliRunner()
+
+
+def detect(*args: str) -> tuple[int, list[dict]]:
+    result = runner.invoke(app, ["detect", *args])
+    return result.exit_code, parse_jsonl(result.stdout)
+
+
+def reference(model_dir: Path, path: Path, threshold: float) -> list[tuple[int, float, list[float]]]:
+    """transformers alone: the processor, the model, post_process_object_detection at the original size."""
+    from transformers import DetrForObjectDetection, DetrImageProcessor
+
+    model = DetrForObjectDetection.from_pretrained(model_dir).eval()
+    processor = DetrImageProcessor.from_pretrained(model_dir)
+    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    with torch.no_grad():
+        outputs = model(**processor(images=image, return_tensors="pt"))
+    [result] = processor.post_process_object_detection(outputs, threshold=threshold,
+                                                       target_sizes=[(image.height, image.width)])
+    found = []
+    for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].tolist()):
+        x0, y0, x1, y1 = box  # vitkit keeps boxes inside the image; compare on the same terms
+        found.append((label, score, [min(max(x0, 0), image.width), min(max(y0, 0), image.height),
+                                     min(max(x1, 0), image.width), min(max(y1, 0), image.height)]))
+    return sorted(found, key=lambda f: -f[1])
+
+
+def test_boxes_scores_labels_equal_the_processor(tiny_detr_dir: Path) -> None:
+    paths = [SAMPLE_DATA / n for n in GOOD_SAMPLES]
+    code, records = detect(*map(str, paths), "--model", str(tiny_detr_dir), "--threshold", "0.3", "-b", "1", "--no-draft")
+    assert code == 0
+    total = 0
+    for record, path in zip(records, paths, strict=True):
+        expected = reference(tiny_detr_dir, path, 0.3)
+        got = record["detections"]
+        assert [d["class_id"] for d in got] == [label for label, _, _ in expected]
+        np.testing.assert_allclose([d["score"] for d in got], [s for _, s, _ in expected], atol=1e-5)
+        if got:
+            np.testing.assert_allclose([d["box"] for d in got], [b for _, _, b in expected], atol=1e-3)
+        for d in got:
+            x0, y0, x1, y1 = d["box"]
+            assert 0 <= x0 <= x1 <= record["width"] and 0 <= y0 <= y1 <= record["height"]
+            assert d["label"] == ["cat", "dog", "rocket"][d["class_id"]]
+        total += len(got)
+    assert total > 0  # the check compared real boxes
+
+
+def test_exif_rotated_jpeg_boxes_align_with_displayed_image(tiny_detr_dir: Path, tmp_path: Path) -> None:
+    displayed = Image.open(SAMPLE_DATA / "rocket.jpg").convert("RGB").resize((120, 200))
+    stored = displayed.transpose(Image.Transpose.ROTATE_90)  # orientation 6 rotates it back for display
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "rotated.jpg", quality=95, exif=exif.tobytes())
+    # The reference is exactly what a viewer shows, saved losslessly without EXIF.
+    ImageOps.exif_transpose(Image.open(tmp_path / "rotated.jpg")).save(tmp_path / "upright.png")
+    _, [rotated, upright] = detect(str(tmp_path / "rotated.jpg"), str(tmp_path / "upright.png"),
+                                   "--model", str(tiny_detr_dir), "--threshold", "0.0", "-b", "1")
+    assert (rotated["width"], rotated["height"]) == (120, 200) == (upright["width"], upright["height"])
+    assert [d["box"] for d in rotated["detections"]] == [d["box"] for d in upright["detections"]]
+    assert all(d["box"][2] <= 120 and d["box"][3] <= 200 for d in rotated["detections"])
+
+
+def test_annotated_outputs_for_every_success_and_errors_in_place(tiny_detr_dir: Path, photos: Path,
+                                                                 tmp_path: Path) -> None:
+    (photos / "again").mkdir()
+    shutil.copy(photos / "chelsea.jpg", photos / "again" / "chelsea.jpg")  # same name, other folder
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in photos.rglob("*") if p.is_file()}
+    out = tmp_path / "annotated"
+    code, records = detect(str(photos), "--model", str(tiny_detr_dir), "--out-dir", str(out), "--classes", "rocket",
+                           "--threshold", "0.0")
+    assert code == 1
+    assert [("error" in r) for r in records].count(True) == 3
+    outputs = [r["output"] for r in records if "error" not in r]
+    assert len(outputs) == len(set(outputs)) == 7
+    for record in records:
+        if "error" in record:
+            assert set(record) == {"path", "error"}
+            continue
+        assert all(d["label"] == "rocket" for d in record["detections"])
+        written = Image.open(record["output"])
+        assert written.size == (record["width"], record["height"]) and Path(record["output"]).is_relative_to(out)
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in photos.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_coco_export_and_limits(tiny_detr_dir: Path, tmp_path: Path) -> None:
+    coco = tmp_path / "det.json"
+    code, records = detect(str(SAMPLE_DATA), "--model", str(tiny_detr_dir), "--threshold", "0.0",
+                           "--max-detections", "2", "--coco", str(coco))
+    assert all(len(r["detections"]) == 2 for r in records if "error" not in r)
+    document = json.loads(coco.read_text())
+    assert [c["name"] for c in document["categories"]] == ["cat", "dog", "rocket"]
+    assert len(document["images"]) == 6 and len(document["annotations"]) == 12
+    image_ids = {i["id"] for i in document["images"]}
+    for annotation, detection in zip(document["annotations"],
+                                     [d for r in records if "error" not in r for d in r["detections"]]):
+        assert annotation["image_id"] in image_ids
+        x, y, w, h = annotation["bbox"]
+        assert np.allclose([x, y, x + w, y + h], detection["box"]) and annotation["score"] == detection["score"]
+
+
+def test_unknown_class_is_a_usage_error(tiny_detr_dir: Path) -> None:
+    result = runner.invoke(app, ["detect", str(SAMPLE_DATA), "--model", str(tiny_detr_dir), "--classes", "unicorn"])
+    assert result.exit_code == 2 and "unicorn" in result.stderr
+
+
+def test_batched_run_keeps_each_image_in_its_slot(tiny_detr_dir: Path) -> None:
+    """Padding a batch to its largest image must not move a result to another image's record."""
+    _, one = detect(str(SAMPLE_DATA), "--model", str(tiny_detr_dir), "--threshold", "0.0", "-b", "1")
+    _, many = detect(str(SAMPLE_DATA), "--model", str(tiny_detr_dir), "--threshold", "0.0", "-b", "4")
+    assert [r["path"] for r in one] == [r["path"] for r in many]
+    for a, b in zip(one, many):
+        if "error" in a:
+            assert a == b
+        else:
+            # Padding is masked out, so a padded batch gives each image (nearly) its own single-image result.
+            assert (a["width"], a["height"]) == (b["width"], b["height"])
+            np.testing.assert_allclose([d["score"] for d in a["detections"]], [d["score"] for d in b["detections"]], atol=1e-4)
+            np.testing.assert_allclose([d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=0.5)
+    distinct = {json.dumps([round(d["score"], 3) for d in r["detections"]]) for r in one if "error" not in r}
+    assert len(distinct) > 1  # images get different results, so a swap would be caught

@@ -1,0 +1,120 @@
+"""Object detection with a transformers DETR-family model, post-processed by the model's own processor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from vitkit.backends.hf import HfAssets
+from vitkit.data import Sample
+from vitkit.errors import UsageError
+from vitkit.loading import LoadedModel
+from vitkit.outputs import OutputPlanner
+from vitkit.records import RecordLayout, explode_rows
+
+
+def _describe(record: dict[str, Any]) -> str:
+    found = record.get("detections", [])
+    return ", ".join(f"{d['label']} {d['score']:.2f}" for d in found[:6]) + (" …" if len(found) > 6 else "") or "(nothing)"
+
+
+DETECT_LAYOUT = RecordLayout(
+    csv_columns=("path", "width", "height", "rank", "label", "class_id", "score", "box", "error"),
+    csv_rows=explode_rows("detections", ("label", "class_id", "score", "box")),
+    describe=_describe,
+)
+
+
+@dataclass(frozen=True)
+class DetrPreprocess:
+    """Runs in dataloader workers: the checkpoint's processor resizes and normalises one image."""
+
+    processor: Any
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
+
+
+def pad_to_largest(images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Zero-pad bottom/right to the batch's largest size with a validity mask, DETR's own batching convention."""
+    height = max(image.shape[-2] for image in images)
+    width = max(image.shape[-1] for image in images)
+    pixel_values = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    pixel_mask = torch.zeros((len(images), height, width), dtype=torch.long)
+    for i, image in enumerate(images):
+        pixel_values[i, :, : image.shape[-2], : image.shape[-1]] = image
+        pixel_mask[i, : image.shape[-2], : image.shape[-1]] = 1
+    return {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    threshold: float = 0.7
+    classes: tuple[str, ...] = ()  # keep only these labels; empty keeps all
+    max_detections: int | None = None
+    out_dir: str | None = None  # annotated images go here when set
+
+
+class DetectTask:
+    layout = DETECT_LAYOUT
+    collate_inputs = staticmethod(pad_to_largest)
+
+    def __init__(self, model: LoadedModel, options: DetectOptions = DetectOptions(), inputs: Sequence[str] = ()) -> None:
+        if not isinstance(model.assets, HfAssets) or not hasattr(model.assets.processor, "post_process_object_detection"):
+            raise UsageError(f"model {model.spec.id!r} is not an object detector with a DETR-style processor")
+        self.model = model
+        self.options = options
+        self.processor = model.assets.processor
+        self.id2label = {int(k): v for k, v in model.module.config.id2label.items()}
+        unknown = sorted(set(options.classes) - set(self.id2label.values()))
+        if unknown:
+            raise UsageError(f"--classes names labels the model does not have: {', '.join(unknown)}",
+                             hint="see the model's labels with `vitkit models show`")
+        self.preprocess = DetrPreprocess(self.processor)
+        size = getattr(self.processor, "size", None) or {}
+        self.draft_size = size.get("shortest_edge") if isinstance(size, dict) else None
+        self.planner = OutputPlanner(options.out_dir, inputs) if options.out_dir else None
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
+        return self.model.module(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+
+    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+        outputs.logits, outputs.pred_boxes = outputs.logits.float().cpu(), outputs.pred_boxes.float().cpu()
+        results = self.processor.post_process_object_detection(
+            outputs, threshold=self.options.threshold, target_sizes=[(s.height, s.width) for s in samples])
+        records = []
+        for sample, result in zip(samples, results):
+            detections = self._detections(result, sample.width or 0, sample.height or 0)
+            fields: dict[str, Any] = {"detections": detections}
+            if self.planner:
+                fields["output"] = str(write_annotated(self.planner, sample, detections))
+            records.append(fields)
+        return records
+
+    def _detections(self, result: dict[str, torch.Tensor], width: int, height: int) -> list[dict[str, Any]]:
+        found = []
+        for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].tolist()):
+            name = self.id2label.get(int(label), f"class_{label}")
+            if self.options.classes and name not in self.options.classes:
+                continue
+            # DETR's boxes may overhang the image; records keep them inside it.
+            x0, y0, x1, y1 = box
+            clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+            found.append({"label": name, "class_id": int(label), "score": float(score), "box": clipped})
+        found.sort(key=lambda d: -d["score"])
+        return found[: self.options.max_detections] if self.options.max_detections else found
+
+
+def write_annotated(planner: OutputPlanner, sample: Sample, detections: list[dict[str, Any]]) -> str:
+    """Boxes drawn on the full-resolution, EXIF-oriented image; written even when nothing was found."""
+    from vitkit.decode import decode_image
+    from vitkit.draw import draw_detections
+    from vitkit.outputs import atomic_write_path
+
+    image = draw_detections(decode_image(sample.path).image, detections)
+    target = planner.path_for(sample.path, "detect", "jpg")
+    with atomic_write_path(target) as temp:
+        image.save(temp, format="JPEG", quality=90)
+    return str(target)
