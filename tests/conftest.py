@@ -142,3 +142,37 @@ def tiny_detr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(path)
     DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(path)
     return path
+
+
+TINY_COCA_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16,
+                   "attentional_pool": True, "attn_pooler_heads": 2, "attn_pooler_queries": 8, "output_tokens": True},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                       "attn_pooler_heads": 2},
+    "custom_text": True,  # with multimodal_cfg, makes open_clip build a CoCa
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_coca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CoCa captioner in open_clip's local-dir layout (open_clip_config.json + open_clip_model.safetensors)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.CoCa(**{k: v for k, v in TINY_COCA_CONFIG.items() if k != "custom_text"})
+    with torch.no_grad():
+        # open_clip leaves the decoder's vocabulary projection uninitialised (all logits 0 here); random
+        # values give distinct tokens, and a larger end-of-text column makes some captions stop early.
+        projection = model.text_decoder.text_projection
+        projection.normal_(0, 1.0)
+        projection[:, open_clip.get_tokenizer("ViT-B-32").eot_token_id] *= 8
+    path = tmp_path_factory.mktemp("models") / "tiny-coca"
+    path.mkdir()
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA_CONFIG}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    return path

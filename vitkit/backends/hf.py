@@ -55,3 +55,16 @@ def _load_processor(transformers: Any, source: str, trust_remote_code: bool) -> 
         return transformers.AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError):
         return transformers.AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def processor_short_side(image_processor: Any) -> int | None:
+    """The shorter side the processor resizes to, for draft JPEG decoding; None if it does not say."""
+    size = getattr(image_processor, "size", None)
+    if size is None:
+        return None
+    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    if get("shortest_edge"):
+        return int(get("shortest_edge"))
+    if get("height") and get("width"):
+        return int(min(get("height"), get("width")))
+    return None

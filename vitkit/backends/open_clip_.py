@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -29,15 +31,28 @@ def load_open_clip(spec: ModelSpec) -> tuple[torch.nn.Module, OpenClipAssets]:
         raise ModelLoadError(f"model folder {spec.id!r} has no weights file", hint="expected open_clip_model.safetensors")
     if spec.source.startswith("hf-hub:"):
         download_pretrained_from_hf(spec.source.removeprefix("hf-hub:"))
-    if ":" in spec.source and not spec.source.startswith(("local-dir:", "hf-hub:")):
-        arch, _, tag = spec.source.partition(":")
-        model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=tag)
-        tokenizer = open_clip.get_tokenizer(arch)
-    else:
-        model, _, transform = open_clip.create_model_and_transforms(spec.source)
-        tokenizer = open_clip.get_tokenizer(spec.source)
+    with _library_errors_silenced():
+        if ":" in spec.source and not spec.source.startswith(("local-dir:", "hf-hub:")):
+            arch, _, tag = spec.source.partition(":")
+            model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=tag)
+            tokenizer = open_clip.get_tokenizer(arch)
+        else:
+            model, _, transform = open_clip.create_model_and_transforms(spec.source)
+            tokenizer = open_clip.get_tokenizer(spec.source)
     model.eval()
     return model, OpenClipAssets(transform, tokenizer)
+
+
+@contextlib.contextmanager
+def _library_errors_silenced() -> Iterator[None]:
+    """open_clip logs a failed download on the root logger and then raises; the loader turns the
+    exception into vitkit's one-line message, so the log line would only say it twice."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def resize_size(transform: Any) -> int | None:

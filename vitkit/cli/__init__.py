@@ -68,17 +68,21 @@ def _root(version: Annotated[Optional[bool], typer.Option(
 
 def _register() -> None:
     from vitkit.cli import models
+    from vitkit.cli.caption import caption
     from vitkit.cli.classify import classify
     from vitkit.cli.detect import detect
     from vitkit.cli.index import index
     from vitkit.cli.label import label
     from vitkit.cli.search import search
+    from vitkit.cli.segment import segment
 
     app.command("classify", no_args_is_help=True)(classify)
+    app.command("caption", no_args_is_help=True)(caption)
     app.command("detect", no_args_is_help=True)(detect)
     app.command("label", no_args_is_help=True)(label)
     app.command("index", no_args_is_help=True)(index)
     app.command("search", no_args_is_help=True)(search)
+    app.command("segment", no_args_is_help=True)(segment)
     app.add_typer(models.app, name="models")
 
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.backends.hf import HfAssets
+from vitkit.backends.hf import HfAssets, processor_short_side
 from vitkit.data import Sample
 from vitkit.errors import UsageError
 from vitkit.loading import LoadedModel
@@ -73,8 +73,7 @@ class DetectTask:
             raise UsageError(f"--classes names labels the model does not have: {', '.join(unknown)}",
                              hint="see the model's labels with `vitkit models show`")
         self.preprocess = DetrPreprocess(self.processor)
-        size = getattr(self.processor, "size", None) or {}
-        self.draft_size = size.get("shortest_edge") if isinstance(size, dict) else None
+        self.draft_size = processor_short_side(self.processor)
         self.planner = OutputPlanner(options.out_dir, inputs) if options.out_dir else None
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
