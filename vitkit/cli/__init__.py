@@ -67,7 +67,7 @@ def _root(version: Annotated[Optional[bool], typer.Option(
 
 
 def _register() -> None:
-    from vitkit.cli import models
+    from vitkit.cli import evaluate, models
     from vitkit.cli.caption import caption
     from vitkit.cli.classify import classify
     from vitkit.cli.detect import detect
@@ -84,6 +84,7 @@ def _register() -> None:
     app.command("search", no_args_is_help=True)(search)
     app.command("segment", no_args_is_help=True)(segment)
     app.add_typer(models.app, name="models")
+    app.add_typer(evaluate.app, name="eval")
 
 
 _register()

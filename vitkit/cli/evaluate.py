@@ -1,0 +1,59 @@
+"""`vitkit eval detect`: COCO-style mAP of a detector against ground truth."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vitkit.cli import options as o
+from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED
+from vitkit.registry import DETECT, resolve
+
+app = typer.Typer(help="Evaluate models against ground truth.", no_args_is_help=True)
+
+CocoGt = Annotated[str, typer.Option("--coco-gt", metavar="FILE", help="COCO instances JSON with the ground truth.")]
+ImagesDir = Annotated[str, typer.Argument(help="Folder the ground truth's file_name entries are relative to.")]
+Threshold = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+                                          help="Score floor; COCO mAP wants low-scoring boxes too.")]
+
+
+@app.command("detect")
+def eval_detect(
+    images_dir: ImagesDir,
+    coco_gt: CocoGt,
+    threshold: Threshold = 0.001,
+    model: o.Model = None,
+    format: o.Format = "auto",
+    device: o.Device = "auto",
+    precision: o.Precision = "auto",
+    batch_size: o.BatchSize = 4,
+    workers: o.Workers = None,
+    no_draft: o.NoDraft = False,
+    offline: o.Offline = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Detect on the ground truth's images and report mAP@[.5:.95], AP50 and AP75 (100 detections an image).
+
+    Example: vitkit eval detect --coco-gt instances_val2017.json val2017/
+    """
+    from vitkit.detect_eval import evaluate_detector
+    from vitkit.evaluation import load_coco_ground_truth
+    from vitkit.loading import load_model
+    from vitkit.report import Reporter
+    from vitkit.runner import RunOptions
+    from vitkit.tasks.detect import DetectOptions, DetectTask
+    from vitkit.writers import resolve_format, write_listing
+
+    ground_truth = load_coco_ground_truth(coco_gt)
+    task = DetectTask(load_model(resolve(model, DETECT), DETECT, device, precision, offline),
+                      DetectOptions(threshold=threshold, max_detections=100))
+    reporter = Reporter(quiet=quiet)
+    result = evaluate_detector(task, ground_truth, images_dir, RunOptions(batch_size, workers, not no_draft), reporter)
+    if result.unmatched_labels:
+        reporter.message(f"warning: {len(result.unmatched_labels)} model labels match no ground-truth category")
+    m = result.metrics
+    row = {"ap": m.ap, "ap50": m.ap50, "ap75": m.ap75, "images": m.num_images, "detections": m.num_detections,
+           "failed": result.failed_images, "per_category_ap": m.per_category_ap}
+    write_listing([row], tuple(row), resolve_format(format, None))
+    raise typer.Exit(EXIT_SOME_INPUTS_FAILED if result.failed_images else EXIT_OK)
