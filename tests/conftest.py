@@ -176,3 +176,21 @@ def tiny_coca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA_CONFIG}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_transformers_mae_normpix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViTMAE with norm_pix_loss=True (as the official MAE checkpoints), 64 px with 8 px patches
+    (an 8 x 8 grid), and ImageNet mean/std in its processor."""
+    import torch
+    from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
+
+    torch.manual_seed(0)
+    config = ViTMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          image_size=64, patch_size=8, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+                          decoder_num_attention_heads=2, decoder_intermediate_size=64, norm_pix_loss=True)
+    path = tmp_path_factory.mktemp("models") / "tiny-mae-normpix"
+    ViTMAEForPreTraining(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
+    return path

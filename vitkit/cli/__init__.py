@@ -72,6 +72,7 @@ def _register() -> None:
     from vitkit.cli.classify import classify
     from vitkit.cli.detect import detect
     from vitkit.cli.index import index
+    from vitkit.cli.inpaint import inpaint
     from vitkit.cli.label import label
     from vitkit.cli.search import search
     from vitkit.cli.segment import segment
@@ -81,6 +82,7 @@ def _register() -> None:
     app.command("detect", no_args_is_help=True)(detect)
     app.command("label", no_args_is_help=True)(label)
     app.command("index", no_args_is_help=True)(index)
+    app.command("inpaint", no_args_is_help=True)(inpaint)
     app.command("search", no_args_is_help=True)(search)
     app.command("segment", no_args_is_help=True)(segment)
     app.add_typer(models.app, name="models")
