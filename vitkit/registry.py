@@ -113,6 +113,9 @@ DEFAULT_MODELS = {
     INPAINT: "mae-large",
 }
 
+# Segmentation has one capability but three modes, each with its own default model.
+DEFAULT_SEGMENT_MODELS = {"semantic": "segformer-b0", "panoptic": "mask2former-swin-t", "text": "clipseg"}
+
 # transformers names its task heads by suffix; that suffix (not the model's name) says what it can do.
 _HF_HEAD_CAPABILITIES = (
     ("ForObjectDetection", DETECT),

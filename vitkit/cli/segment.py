@@ -8,10 +8,7 @@ import typer
 
 from vitkit.cli import options as o
 from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.registry import SEGMENT, resolve
-
-# Each mode's catalogue model when --model is not given.
-DEFAULT_MODEL_FOR_MODE = {"semantic": "segformer-b0", "panoptic": "mask2former-swin-t", "text": "clipseg"}
+from vitkit.registry import DEFAULT_SEGMENT_MODELS, SEGMENT, resolve
 
 Mode = Annotated[Literal["semantic", "panoptic", "text"], typer.Option(
     "--mode", help="semantic: a class for every pixel (SegFormer); panoptic: numbered object and stuff segments "
@@ -62,7 +59,7 @@ def segment(
 
     options = SegmentOptions(mode, tuple(prompt or ()), out_dir, alpha, instances, min_area, max_pixels)
     items = collect_inputs(inputs, files_from, null)
-    loaded = load_model(resolve(model or DEFAULT_MODEL_FOR_MODE[mode], SEGMENT), SEGMENT, device, precision, offline)
+    loaded = load_model(resolve(model or DEFAULT_SEGMENT_MODELS[mode], SEGMENT), SEGMENT, device, precision, offline)
     task = SegmentTask(loaded, options, [i.path for i in items])
     run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
                   OutputOptions(format, output, quiet))
