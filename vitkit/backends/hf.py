@@ -68,3 +68,36 @@ def processor_short_side(image_processor: Any) -> int | None:
     if get("height") and get("width"):
         return int(min(get("height"), get("width")))
     return None
+
+
+@dataclass(frozen=True)
+class ProcessorPreprocess:
+    """Runs in dataloader workers: the checkpoint's image processor resizes and normalises one image."""
+
+    image_processor: Any
+
+    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+        encoded = self.image_processor(images=image, return_tensors="pt")
+        return {key: encoded[key][0] for key in ("pixel_values", "pixel_mask") if key in encoded}  # (3, H, W), (H, W)
+
+
+@dataclass(frozen=True)
+class PadWithProcessor:
+    """Batches inputs. Processors that resize to a fixed size (SegFormer, CLIPSeg) give equal shapes to
+    stack; those that keep the aspect ratio (DETR, Mask2Former) return a pixel mask, and their inputs are
+    padded bottom/right to the batch's largest with the processor's own pad."""
+
+    image_processor: Any
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if "pixel_mask" not in items[0]:
+            return {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
+        height = max(item["pixel_values"].shape[-2] for item in items)
+        width = max(item["pixel_values"].shape[-1] for item in items)
+        values, valid = [], []
+        for item in items:
+            padded, _, _ = self.image_processor.pad(item["pixel_values"][None], (height, width))  # (1, 3, H, W)
+            values.append(padded)
+            mask = item["pixel_mask"]
+            valid.append(torch.nn.functional.pad(mask, (0, width - mask.shape[-1], 0, height - mask.shape[-2]))[None])
+        return {"pixel_values": torch.cat(values), "pixel_mask": torch.cat(valid)}

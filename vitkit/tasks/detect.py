@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.backends.hf import HfAssets, processor_short_side
+from vitkit.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
 from vitkit.data import Sample
 from vitkit.errors import UsageError
 from vitkit.loading import LoadedModel
@@ -28,28 +28,6 @@ DETECT_LAYOUT = RecordLayout(
 
 
 @dataclass(frozen=True)
-class DetrPreprocess:
-    """Runs in dataloader workers: the checkpoint's processor resizes and normalises one image."""
-
-    processor: Any
-
-    def __call__(self, image: Any) -> torch.Tensor:
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
-
-
-def pad_to_largest(images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Zero-pad bottom/right to the batch's largest size with a validity mask, DETR's own batching convention."""
-    height = max(image.shape[-2] for image in images)
-    width = max(image.shape[-1] for image in images)
-    pixel_values = images[0].new_zeros((len(images), images[0].shape[0], height, width))
-    pixel_mask = torch.zeros((len(images), height, width), dtype=torch.long)
-    for i, image in enumerate(images):
-        pixel_values[i, :, : image.shape[-2], : image.shape[-1]] = image
-        pixel_mask[i, : image.shape[-2], : image.shape[-1]] = 1
-    return {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
-
-
-@dataclass(frozen=True)
 class DetectOptions:
     threshold: float = 0.7
     classes: tuple[str, ...] = ()  # keep only these labels; empty keeps all
@@ -59,7 +37,6 @@ class DetectOptions:
 
 class DetectTask:
     layout = DETECT_LAYOUT
-    collate_inputs = staticmethod(pad_to_largest)
 
     def __init__(self, model: LoadedModel, options: DetectOptions = DetectOptions(), inputs: Sequence[str] = ()) -> None:
         if not isinstance(model.assets, HfAssets) or not hasattr(model.assets.processor, "post_process_object_detection"):
@@ -72,12 +49,13 @@ class DetectTask:
         if unknown:
             raise UsageError(f"--classes names labels the model does not have: {', '.join(unknown)}",
                              hint="see the model's labels with `vitkit models show`")
-        self.preprocess = DetrPreprocess(self.processor)
+        self.preprocess = ProcessorPreprocess(self.processor)
+        self.collate_inputs = PadWithProcessor(self.processor)
         self.draft_size = processor_short_side(self.processor)
         self.planner = OutputPlanner(options.out_dir, inputs) if options.out_dir else None
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
-        return self.model.module(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+        return self.model.module(**inputs)
 
     def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[dict[str, Any]]:
         outputs.logits, outputs.pred_boxes = outputs.logits.float().cpu(), outputs.pred_boxes.float().cpu()
