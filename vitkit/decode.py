@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat as stat_module
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -68,7 +69,7 @@ def _check_file(path: str) -> None:
         raise InputError("no such file (or a broken link)", kind="missing") from exc
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", kind="unreadable") from exc
-    if not os.path.isfile(path):
+    if not stat_module.S_ISREG(stat.st_mode):
         raise InputError("not a regular file", kind="not an image")
     if stat.st_size == 0:
         raise InputError("empty file (0 bytes)", kind="empty")
