@@ -43,6 +43,8 @@ class IndexOptions:
     precision: str = "auto"
     offline: bool = False
     run: RunOptions = RunOptions()
+    compile: bool = False
+    shard: str | None = None  # "I/N": embed only that slice of the inputs
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ def index_folders(folders: Sequence[str], options: IndexOptions, reporter: Repor
     from vitkit.registry import EMBED, resolve
 
     spec = resolve(options.model, EMBED)
-    task = EmbedTask(load_model(spec, EMBED, options.device, options.precision, options.offline))
+    task = EmbedTask(load_model(spec, EMBED, options.device, options.precision, options.offline,
+                                compile=options.compile))
     folder = Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)
     counts = IndexCounts()
     if folders or options.rebuild:

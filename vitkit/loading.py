@@ -63,6 +63,7 @@ def load_model(
     precision: str = "auto",
     offline: bool = False,
     trust_remote_code: bool = False,
+    compile: bool = False,
 ) -> LoadedModel:
     """Load once per process; later calls with the same spec, device and precision get the same model."""
     torch_device = resolve_device(device)

@@ -50,6 +50,8 @@ def caption(
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
+    shard: o.Shard = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Caption images with a CoCa model (default: coca-b32), by beam search (3 beams) or --greedy.
@@ -64,7 +66,7 @@ def caption(
     if on_exists and not sidecar:
         raise UsageError("--on-exists only applies with --sidecar")
     num_beams, reporter = resolve_beams(beams, greedy), Reporter(quiet=quiet)
-    items = collect_inputs(inputs, files_from, null)
+    items = collect_inputs(inputs, files_from, null, shard)
     if sidecar:
         plan = plan_sidecars(items, overwrite=on_exists == "overwrite")
         items = plan.items
@@ -72,7 +74,7 @@ def caption(
             reporter.message(message)
         if not items:
             raise typer.Exit(0)
-    loaded = load_model(resolve(model, CAPTION), CAPTION, device, precision, offline)
+    loaded = load_model(resolve(model, CAPTION), CAPTION, device, precision, offline, compile=compile_model)
     task = CaptionTask(loaded, max_length, num_beams, prefix)
     run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
                   OutputOptions(format, output, quiet), sinks=[SidecarWriter(reporter)] if sidecar else [])

@@ -28,6 +28,8 @@ def classify(
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
+    shard: o.Shard = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Classify images with a timm vision transformer (default: vit-b16, ImageNet-1k).
@@ -38,8 +40,8 @@ def classify(
     from vitkit.runner import RunOptions
     from vitkit.tasks.classify import ClassifyTask
 
-    items = collect_inputs(inputs, files_from, null)
-    loaded = load_model(resolve(model, CLASSIFY), CLASSIFY, device, precision, offline)
+    items = collect_inputs(inputs, files_from, null, shard)
+    loaded = load_model(resolve(model, CLASSIFY), CLASSIFY, device, precision, offline, compile=compile_model)
     task = ClassifyTask(loaded, top_k)
     run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
                   OutputOptions(format, output, quiet))

@@ -26,7 +26,8 @@ class OutputOptions:
     html: str | None = None  # contact sheet written after the run
 
 
-def collect_inputs(paths: list[str] | None, files_from: str | None, null_separated: bool) -> list[InputItem]:
+def collect_inputs(paths: list[str] | None, files_from: str | None, null_separated: bool,
+                   shard: str | None = None) -> list[InputItem]:
     if not paths and files_from is None:
         raise UsageError("no inputs given", hint="pass image files or folders, or --files-from FILE (- for stdin)")
     if null_separated and files_from is None:
@@ -35,6 +36,10 @@ def collect_inputs(paths: list[str] | None, files_from: str | None, null_separat
     if not items:
         where = ", ".join(paths or []) or files_from or ""
         raise UsageError(f"no images found in {where}", hint="folders are searched for image extensions; name files directly to try others")
+    if shard is not None:
+        from vitkit.sharding import parse_shard, select_shard
+
+        items = select_shard(items, parse_shard(shard))
     return items
 
 

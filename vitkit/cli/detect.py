@@ -37,6 +37,8 @@ def detect(
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
+    shard: o.Shard = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Detect objects with DETR (default: detr-r50, COCO classes); boxes in original-image pixels.
@@ -48,9 +50,9 @@ def detect(
     from vitkit.runner import RunOptions
     from vitkit.tasks.detect import DetectOptions, DetectTask
 
-    items = collect_inputs(inputs, files_from, null)
+    items = collect_inputs(inputs, files_from, null, shard)
     wanted = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else ()
-    loaded = load_model(resolve(model, DETECT), DETECT, device, precision, offline)
+    loaded = load_model(resolve(model, DETECT), DETECT, device, precision, offline, compile=compile_model)
     task = DetectTask(loaded, DetectOptions(threshold, wanted, max_detections, out_dir), [i.path for i in items])
     sinks = [CocoResultsSink(coco, task.id2label)] if coco else []
     run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),

@@ -31,6 +31,7 @@ def eval_detect(
     workers: o.Workers = None,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Detect on the ground truth's images and report mAP@[.5:.95], AP50 and AP75 (100 detections an image).
@@ -46,7 +47,7 @@ def eval_detect(
     from vitkit.writers import resolve_format, write_listing
 
     ground_truth = load_coco_ground_truth(coco_gt)
-    task = DetectTask(load_model(resolve(model, DETECT), DETECT, device, precision, offline),
+    task = DetectTask(load_model(resolve(model, DETECT), DETECT, device, precision, offline, compile=compile_model),
                       DetectOptions(threshold=threshold, max_detections=100))
     reporter = Reporter(quiet=quiet)
     result = evaluate_detector(task, ground_truth, images_dir, RunOptions(batch_size, workers, not no_draft), reporter)

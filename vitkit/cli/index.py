@@ -31,6 +31,8 @@ def index(
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
+    shard: o.Shard = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Embed images into an on-disk index; reruns only embed what changed.
@@ -47,7 +49,7 @@ def index(
     if not folders:
         raise UsageError("no folders given", hint="vitkit index FOLDER...")
     options = IndexOptions(index_dir, model, rebuild, wait, device, precision, offline,
-                           RunOptions(batch_size, workers, not no_draft, max_pixels))
+                           RunOptions(batch_size, workers, not no_draft, max_pixels), compile_model, shard)
     result = index_folders(folders, options, Reporter(quiet=quiet))
     row = {"index": str(result.folder), **asdict(result.counts)}
     write_listing([row], tuple(row), resolve_format(format, None))

@@ -52,6 +52,8 @@ def inpaint(
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
+    shard: o.Shard = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Reconstruct hidden patches with a masked autoencoder (default: mae-large); composites at full size.
@@ -64,8 +66,8 @@ def inpaint(
 
     options = InpaintOptions(out_dir, mask_ratio, seed, parse_box(box) if box is not None else None, mask, grid,
                              max_pixels)
-    items = collect_inputs(inputs, files_from, null)
-    loaded = load_model(resolve(model, INPAINT), INPAINT, device, precision, offline)
+    items = collect_inputs(inputs, files_from, null, shard)
+    loaded = load_model(resolve(model, INPAINT), INPAINT, device, precision, offline, compile=compile_model)
     task = InpaintTask(loaded, options, [i.path for i in items])
     run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
                   OutputOptions(format, output, quiet))

@@ -46,6 +46,8 @@ def label(
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
+    shard: o.Shard = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Label images zero-shot with CLIP (default: clip-b32) against labels you choose.
@@ -57,8 +59,8 @@ def label(
     from vitkit.tasks.zeroshot import ZeroShotTask, resolve_labels, resolve_templates
 
     names, prompts = resolve_labels(labels, labels_file), resolve_templates(template, templates)
-    items = collect_inputs(inputs, files_from, null)
-    loaded = load_model(resolve(model, ZEROSHOT), ZEROSHOT, device, precision, offline)
+    items = collect_inputs(inputs, files_from, null, shard)
+    loaded = load_model(resolve(model, ZEROSHOT), ZEROSHOT, device, precision, offline, compile=compile_model)
     task = ZeroShotTask(loaded, names, prompts, top_k, multi_label, threshold)
     run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
                   OutputOptions(format, output, quiet, html))

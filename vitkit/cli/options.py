@@ -25,9 +25,14 @@ Model = Annotated[Optional[str], typer.Option(
     show_default=False)]
 Device = Annotated[Literal["auto", "cpu", "cuda", "mps"], typer.Option(
     "--device", help="auto picks cuda, then mps, then cpu.")]
-Precision = Annotated[Literal["auto", "fp32", "fp16", "bf16"], typer.Option(
+Precision = Annotated[Literal["auto", "fp32", "fp16", "bf16", "int8"], typer.Option(
     "--precision",
-    help="auto: bf16/fp16 on a GPU, fp32 on CPU.")]
+    help="auto: bf16/fp16 on a GPU, fp32 on CPU. int8: dynamic int8 Linear layers (CPU only; see README).")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the model (slow first batch, faster after; worth it for large runs).")]
+Shard = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="I/N", help="Process only shard I of N (0-based, contiguous slices of the sorted inputs); "
+    "for SLURM arrays and shell loops.", show_default=False)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
 Workers = Annotated[Optional[int], typer.Option(
     "--workers", min=0, help="Decoding processes (0 decodes in the main process). Default: suited to this machine.",

@@ -39,6 +39,7 @@ def search(
     workers: o.Workers = None,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Search indexed images by text or by example image; given folders are indexed (incrementally) first.
@@ -56,7 +57,8 @@ def search(
         raise UsageError("give one query: --text 'a dog on a beach' or --image FILE")
     if null and not paths_only:
         raise UsageError("-0/--null goes with --paths-only")
-    options = IndexOptions(index_dir, model, rebuild, wait, device, precision, offline, RunOptions(batch_size, workers, not no_draft))
+    options = IndexOptions(index_dir, model, rebuild, wait, device, precision, offline,
+                           RunOptions(batch_size, workers, not no_draft), compile_model)
     result = search_images(text, image, folders or [], top_k, threshold, options, Reporter(quiet=quiet))
     records = [{"rank": rank, "path": hit.path, "score": hit.score} for rank, hit in enumerate(result.hits, 1)]
     if paths_only:

@@ -47,6 +47,8 @@ def segment(
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
+    compile_model: o.Compile = False,
+    shard: o.Shard = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Segment images (default: segformer-b0 semantic, mask2former-swin-t panoptic, clipseg text); masks at full size.
@@ -58,8 +60,8 @@ def segment(
     from vitkit.tasks.segment import SegmentOptions, SegmentTask
 
     options = SegmentOptions(mode, tuple(prompt or ()), out_dir, alpha, instances, min_area, max_pixels)
-    items = collect_inputs(inputs, files_from, null)
-    loaded = load_model(resolve(model or DEFAULT_SEGMENT_MODELS[mode], SEGMENT), SEGMENT, device, precision, offline)
+    items = collect_inputs(inputs, files_from, null, shard)
+    loaded = load_model(resolve(model or DEFAULT_SEGMENT_MODELS[mode], SEGMENT), SEGMENT, device, precision, offline, compile=compile_model)
     task = SegmentTask(loaded, options, [i.path for i in items])
     run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
                   OutputOptions(format, output, quiet))
