@@ -68,6 +68,7 @@ def _root(version: Annotated[Optional[bool], typer.Option(
 
 def _register() -> None:
     from vitkit.cli import evaluate, models
+    from vitkit.cli.bench import bench
     from vitkit.cli.caption import caption
     from vitkit.cli.classify import classify
     from vitkit.cli.detect import detect
@@ -78,6 +79,7 @@ def _register() -> None:
     from vitkit.cli.segment import segment
 
     app.command("classify", no_args_is_help=True)(classify)
+    app.command("bench")(bench)
     app.command("caption", no_args_is_help=True)(caption)
     app.command("detect", no_args_is_help=True)(detect)
     app.command("label", no_args_is_help=True)(label)

@@ -1,0 +1,198 @@
+"""Throughput of a model on this machine: the model alone, and the whole path from JPEG files to records.
+
+Both numbers come from the same loaded model, batch size, device and precision in one call, so their
+ratio says how much of the model's speed the data path (decode, resize, collate, transfer) keeps.
+The images are generated JPEGs in a temporary folder, decoded by the real dataloader and runner.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageChops
+
+from vitkit.decode import DecodeOptions, decode_image
+from vitkit.discover import InputItem
+from vitkit.errors import InputError, UsageError
+from vitkit.loading import PRECISIONS, LoadedModel, load_model
+from vitkit.registry import CLASSIFY, EMBED, ModelSpec, get_default_model, resolve_any
+from vitkit.report import Reporter
+from vitkit.runner import RunOptions, autocast_for, run
+
+BENCH_CAPABILITIES = (CLASSIFY, EMBED)  # tasks whose forward is one image batch in, one tensor out
+COLUMNS = ("model", "task", "device", "precision", "batch_size", "images", "image_size",
+           "model_only_img_s", "end_to_end_img_s", "end_to_end_vs_model_only")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: str | None = None  # None: the classify default
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 16
+    images: int = 64
+    size: tuple[int, int] = (1920, 1080)  # (width, height) of the generated JPEGs
+    run: RunOptions | None = None  # workers, draft, max pixels; batch size comes from batch_size
+    offline: bool = False
+    compile: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    model: str
+    task: str
+    device: str
+    precision: str
+    batch_size: int
+    images: int
+    image_size: str
+    model_only_img_s: float
+    end_to_end_img_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.end_to_end_img_s / self.model_only_img_s
+
+    def to_row(self) -> dict[str, Any]:
+        return {"model": self.model, "task": self.task, "device": self.device, "precision": self.precision,
+                "batch_size": self.batch_size, "images": self.images, "image_size": self.image_size,
+                "model_only_img_s": round(self.model_only_img_s, 2), "end_to_end_img_s": round(self.end_to_end_img_s, 2),
+                "end_to_end_vs_model_only": round(self.ratio, 3)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1920x1080' -> (1920, 1080)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise UsageError(f"--size must be WIDTHxHEIGHT in pixels, not {text!r}", hint="e.g. --size 1920x1080")
+    return int(match[1]), int(match[2])
+
+
+def resolve_bench_model(reference: str | None) -> tuple[ModelSpec, str]:
+    """The spec and which of its capabilities to time: classify if it can, else embed (CLIP)."""
+    spec = resolve_any(reference or get_default_model(CLASSIFY), CLASSIFY)
+    for capability in BENCH_CAPABILITIES:
+        if capability in spec.capabilities:
+            return spec, capability
+    raise UsageError(f"model {spec.id!r} can neither classify nor embed images, which is what `bench` times",
+                     hint="pass a timm classifier or an open_clip CLIP model")
+
+
+def build_bench_task(loaded: LoadedModel, capability: str) -> Any:
+    if capability == CLASSIFY:
+        from vitkit.tasks.classify import ClassifyTask
+
+        return ClassifyTask(loaded, top_k=5)
+    from vitkit.tasks.embed import EmbedTask
+
+    return EmbedTask(loaded)
+
+
+def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchResult:
+    """Load the model, generate the images, then time the model alone and the full path."""
+    reporter = reporter or Reporter(quiet=True)
+    if options.images < 1 or options.batch_size < 1:
+        raise UsageError("--images and --batch-size must be at least 1")
+    spec, capability = resolve_bench_model(options.model)
+    loaded = load_model(spec, capability, options.device, options.precision, options.offline, compile=options.compile)
+    task = build_bench_task(loaded, capability)
+    run_options = replace(options.run or RunOptions(), batch_size=options.batch_size)
+    width, height = options.size
+    with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as folder:
+        reporter.message(f"generating {options.images} JPEGs of {width}x{height}")
+        paths = write_synthetic_jpegs(folder, options.images, options.size, options.seed)
+        sample = preprocess_one(task, paths[0], run_options.draft)
+        reporter.message("timing the model alone")
+        model_only = time_model_only(task, sample, options.batch_size, options.images)
+        reporter.message("timing end to end (decode, preprocess, model, records)")
+        end_to_end = time_end_to_end(task, [InputItem(p) for p in paths], run_options)
+    return BenchResult(spec.id, capability, str(loaded.device), precision_name(options.precision, loaded), options.batch_size,
+                       options.images, f"{width}x{height}", model_only, end_to_end)
+
+
+def precision_name(requested: str, loaded: LoadedModel) -> str:
+    """What ran: the precision asked for, or for `auto` the one the loader picked."""
+    if requested != "auto":
+        return requested
+    return next((name for name, dtype in PRECISIONS.items() if dtype == loaded.dtype), str(loaded.dtype))
+
+
+def write_synthetic_jpegs(folder: str, count: int, size: tuple[int, int], seed: int = 0) -> list[str]:
+    """`count` photo-like JPEGs: flat or pure-noise images would decode unrealistically fast or slow."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = os.path.join(folder, f"bench{i:05d}.jpg")
+        synthetic_photo(size, rng).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def synthetic_photo(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """Smooth colour gradients and blotches (built small, upscaled) plus sensor-like grain."""
+    width, height = size
+    h, w = max(2, height // 16), max(2, width // 16)
+    y, x = np.linspace(0, 1, h)[:, None], np.linspace(0, 1, w)[None, :]
+    gradient = np.stack([c0 + c1 * x + c2 * y for c0, c1, c2 in rng.uniform(-80, 160, (3, 3))], -1)
+    blotches = np.asarray(Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC))
+    small = Image.fromarray(np.clip(0.6 * gradient + 0.4 * blotches, 0, 255).astype(np.uint8))
+    grain = Image.merge("RGB", [Image.effect_noise((width, height), 8) for _ in range(3)])  # centred on 128
+    return ImageChops.add(small.resize((width, height), Image.BICUBIC), grain, 1.0, -128)
+
+
+def preprocess_one(task: Any, path: str, draft: bool) -> torch.Tensor:
+    """One image as the model sees it, (3, H, W): the model-only timing feeds real input shapes."""
+    decoded = decode_image(path, DecodeOptions(task.draft_size if draft else None))
+    return task.preprocess(decoded.image)
+
+
+def time_model_only(task: Any, sample: torch.Tensor, batch_size: int, images: int) -> float:
+    """Images per second through `task.forward` alone, on inputs already on the device."""
+    model = task.model
+    batch = sample.unsqueeze(0).expand(batch_size, *sample.shape).contiguous().to(model.device)  # (B, 3, H, W)
+    n_batches = max(1, math.ceil(images / batch_size))
+
+    def forward_all(count: int) -> None:
+        with torch.inference_mode(), autocast_for(model.device, model.dtype):
+            for _ in range(count):
+                task.forward(batch)
+        synchronize(model.device)
+
+    forward_all(2)  # warm-up: kernel selection, allocator growth, lazy compilation
+    return n_batches * batch_size / timed(lambda: forward_all(n_batches))
+
+
+def time_end_to_end(task: Any, items: Sequence[InputItem], options: RunOptions) -> float:
+    """Images per second from files to records through the real runner; a warm-up pass on one batch first."""
+    consume(run(task, items[: options.batch_size], options))
+    return len(items) / timed(lambda: consume(run(task, items, options)))
+
+
+def consume(records: Any) -> None:
+    for record in records:
+        if not record.ok:
+            # A failed synthetic image would make the throughput meaningless, so it voids the run.
+            raise InputError(f"benchmark image {record.path} failed: {record.error}",
+                             hint="check the temporary folder has space")
+
+
+def timed(fn: Callable[[], None]) -> float:
+    began = time.perf_counter()
+    fn()
+    return max(time.perf_counter() - began, 1e-9)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

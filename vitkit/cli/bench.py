@@ -1,0 +1,41 @@
+"""`vitkit bench`: model-only and end-to-end throughput on generated JPEGs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vitkit.cli import options as o
+
+Images = Annotated[int, typer.Option("--images", "-n", min=1, help="How many JPEGs to generate and run end to end.")]
+Size = Annotated[str, typer.Option("--size", metavar="WxH", help="Pixel size of the generated JPEGs.")]
+
+
+def bench(
+    model: o.Model = None,
+    device: o.Device = "auto",
+    precision: o.Precision = "auto",
+    batch_size: o.BatchSize = o.DEFAULT_BATCH_SIZE,
+    images: Images = 64,
+    size: Size = "1920x1080",
+    workers: o.Workers = None,
+    no_draft: o.NoDraft = False,
+    offline: o.Offline = False,
+    compile_model: o.Compile = False,
+    format: o.Format = "auto",
+    quiet: o.Quiet = False,
+) -> None:
+    """Measure a model's throughput alone and from JPEG files to results (classifiers, or CLIP image embeddings).
+
+    Example: vitkit bench --model vit-s16 --batch-size 32 --images 128 --size 4000x3000
+    """
+    from vitkit.bench import COLUMNS, BenchOptions, parse_size, run_bench  # torch loads here
+    from vitkit.report import Reporter
+    from vitkit.runner import RunOptions
+    from vitkit.writers import resolve_format, write_listing
+
+    options = BenchOptions(model, device, precision, batch_size, images, parse_size(size),
+                           RunOptions(batch_size, workers, not no_draft), offline, compile_model)
+    result = run_bench(options, Reporter(quiet=quiet))
+    write_listing([result.to_row()], COLUMNS, resolve_format(format, None))
