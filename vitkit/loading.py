@@ -11,13 +11,15 @@ from urllib.parse import urlparse
 
 import torch
 
+from vitkit.acceleration import check_compile_works, compile_hot_module, configure_threads, quantize_int8
 from vitkit.errors import ModelLoadError, ModelNotCachedError, UsageError
 from vitkit.registry import OPEN_CLIP, TIMM, TRANSFORMERS, ModelSpec
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# name -> the dtype the runner autocasts to. int8 keeps fp32 compute outside the quantised Linear layers.
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 
-_cache: dict[tuple[ModelSpec, str, str, torch.dtype], "LoadedModel"] = {}
+_cache: dict[tuple[ModelSpec, str, str, str, bool], "LoadedModel"] = {}
 _cache_lock = threading.Lock()
 
 
@@ -28,6 +30,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype  # compute dtype; weights stay fp32 and the runner autocasts
     assets: Any  # backend-specific: TimmAssets, OpenClipAssets or HfAssets
+    precision: str = "fp32"  # the resolved --precision name (int8 shares fp32's dtype), for records and benchmarks
+    compiled: bool = False
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -46,14 +50,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+def resolve_precision_name(name: str, device: torch.device) -> str:
+    """`auto` -> what suits the device: bf16 (or fp16) on GPUs, fp32 on CPU, where bf16 is opt-in
+    because it changes probabilities in the third decimal (see README "Speed and precision")."""
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp16" if device.type == "mps" else "fp32"
     if name not in PRECISIONS:
-        raise UsageError(f"unknown precision {name!r}", hint="use auto, fp32, fp16 or bf16")
-    return PRECISIONS[name]
+        raise UsageError(f"unknown precision {name!r}", hint="use auto, fp32, fp16, bf16 or int8")
+    if name == "int8" and device.type != "cpu":
+        raise UsageError(f"--precision int8 runs on the CPU only, not {device.type}",
+                         hint="use --device cpu, or --precision bf16/fp16 on a GPU")
+    return name
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    return PRECISIONS[resolve_precision_name(name, device)]
 
 
 def load_model(
@@ -65,15 +78,25 @@ def load_model(
     trust_remote_code: bool = False,
     compile: bool = False,
 ) -> LoadedModel:
-    """Load once per process; later calls with the same spec, device and precision get the same model."""
+    """Load once per process; later calls with the same spec, device, precision and compile get the same model."""
     torch_device = resolve_device(device)
-    dtype = resolve_precision(precision, torch_device)
-    key = (spec, capability, str(torch_device), dtype)
+    precision_name = resolve_precision_name(precision, torch_device)
+    if torch_device.type == "cpu":
+        configure_threads()
+    if compile:
+        check_compile_works(torch_device)
+    key = (spec, capability, str(torch_device), precision_name, compile)
     with _cache_lock:
         if key not in _cache:
             module, assets = _load_uncached(spec, capability, offline, trust_remote_code)
             module.requires_grad_(False)  # inference only: no autograd bookkeeping
-            _cache[key] = LoadedModel(spec, module.to(torch_device), torch_device, dtype, assets)
+            module = module.to(torch_device)
+            if precision_name == "int8":
+                module = quantize_int8(module)
+            if compile:
+                compile_hot_module(module, spec.backend)
+            _cache[key] = LoadedModel(spec, module, torch_device, PRECISIONS[precision_name], assets,
+                                      precision_name, compile)
         return _cache[key]
 
 
