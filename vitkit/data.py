@@ -115,11 +115,21 @@ def iterate_batches(
     yield from loader
 
 
-def move_to_device(inputs: Any, device: torch.device) -> Any:
+def map_tensors(inputs: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`function` applied to every tensor in collated inputs (a tensor, or dicts, lists and tuples of them)."""
     if isinstance(inputs, torch.Tensor):
-        return inputs.to(device, non_blocking=True)
+        return function(inputs)
     if isinstance(inputs, dict):
-        return {key: move_to_device(value, device) for key, value in inputs.items()}
+        return {key: map_tensors(value, function) for key, value in inputs.items()}
     if isinstance(inputs, (list, tuple)):
-        return type(inputs)(move_to_device(value, device) for value in inputs)
+        return type(inputs)(map_tensors(value, function) for value in inputs)
     return inputs
+
+
+def move_to_device(inputs: Any, device: torch.device) -> Any:
+    return map_tensors(inputs, lambda tensor: tensor.to(device, non_blocking=True))
+
+
+def slice_inputs(inputs: Any, start: int, stop: int) -> Any:
+    """Samples start..stop of collated inputs: every tensor's dim 0 is the sample (padded batches too)."""
+    return map_tensors(inputs, lambda tensor: tensor[start:stop])

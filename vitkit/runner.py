@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
-from vitkit.data import Batch, iterate_batches, move_to_device
+from vitkit.data import Batch, Sample, iterate_batches, move_to_device, slice_inputs
 from vitkit.decode import DEFAULT_MAX_PIXELS, DecodeOptions
 from vitkit.discover import InputItem
+from vitkit.pixels import DeviceNormalize, split_normalize
 from vitkit.records import Record
 from vitkit.report import Reporter
 from vitkit.tasks.base import Task
@@ -29,41 +31,122 @@ def run(task: Task, items: Sequence[InputItem], options: RunOptions = RunOptions
     """Stream one record per input, in input order; a failed input yields an error record in its own slot."""
     reporter = reporter or Reporter(quiet=True)
     decode_options = DecodeOptions(task.draft_size if options.draft else None, options.max_pixels)
-    batches = iterate_batches(items, task.preprocess, options.batch_size, options.workers, decode_options,
+    preprocess, normalize = split_normalize(task.preprocess)
+    batches = iterate_batches(items, preprocess, options.batch_size, options.workers, decode_options,
                               pin_memory=task.model.device.type == "cuda",
                               collate_inputs=getattr(task, "collate_inputs", None))
+    inference = BatchInference(task, reporter, normalize)
     reporter.start(len(items))
     try:
         for batch in batches:
-            yield from _records_for_batch(task, batch, reporter)
+            yield from _records_for_batch(inference, batch, reporter)
             reporter.advance(len(batch.samples))
     finally:
         reporter.stop()
         batches.close()
 
 
-def _records_for_batch(task: Task, batch: Batch, reporter: Reporter) -> Iterator[Record]:
+def _records_for_batch(inference: "BatchInference", batch: Batch, reporter: Reporter) -> Iterator[Record]:
     ok_samples = batch.ok_samples
-    fields = iter(_infer(task, batch) if ok_samples else [])
+    results = iter(inference(batch.inputs, ok_samples) if ok_samples else [])
     for sample in batch.samples:
         if not sample.ok:
             reporter.input_failed(sample.path, sample.error or "failed", sample.error_kind)
             yield Record(sample.path, error=sample.error, error_kind=sample.error_kind)
             continue
+        fields = next(results)
+        if fields is None:
+            reporter.input_failed(sample.path, OUT_OF_MEMORY, "out of memory")
+            yield Record(sample.path, error=OUT_OF_MEMORY, error_kind="out of memory")
+            continue
         for note in sample.warnings:
             reporter.warn(sample.path, note)
-        yield Record(sample.path, sample.width, sample.height, next(fields), warnings=sample.warnings)
+        yield Record(sample.path, sample.width, sample.height, fields, warnings=sample.warnings)
 
 
-def _infer(task: Task, batch: Batch) -> list[dict]:
-    model = task.model
-    with torch.inference_mode(), autocast_for(model.device, model.dtype):
-        outputs = task.forward(move_to_device(batch.inputs, model.device))
+OUT_OF_MEMORY = "out of GPU memory, even alone in a batch"
+
+
+class BatchInference:
+    """Collated inputs of ok samples -> their record fields (None: the sample alone does not fit on the device).
+
+    Two recoveries a long GPU run needs: a batch whose reduced-precision outputs are not finite runs
+    again in fp32; a batch that runs out of device memory is split in halves, down to single
+    images, and later batches start at the size that fitted. Both warn once per run.
+    """
+
+    def __init__(self, task: Task, reporter: Reporter, normalize: DeviceNormalize | None = None) -> None:
+        self.task = task
+        self.reporter = reporter
+        self.normalize = normalize
+        self.max_batch: int | None = None  # set by the first out-of-memory: the largest size known to fit
+        self.warned_non_finite = False
+
+    def __call__(self, inputs: Any, samples: list[Sample]) -> list[dict | None]:
+        size = self.max_batch or len(samples)
+        results: list[dict | None] = []
+        for start in range(0, len(samples), size):
+            stop = start + size
+            results += self._fitting(slice_inputs(inputs, start, stop) if size < len(samples) else inputs,
+                                     samples[start:stop])
+        return results
+
+    def _fitting(self, inputs: Any, samples: list[Sample]) -> list[dict | None]:
+        try:
+            return self.infer(inputs, samples)
+        except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
+            pass  # leave the except block first, so the traceback lets go of the failed batch's tensors
+        if self.task.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(samples) == 1:
+            return [None]
+        half = (len(samples) + 1) // 2
+        if self.max_batch is None:
+            self.reporter.message(f"warning: out of GPU memory with a batch of {len(samples)}; "
+                                  f"retrying it in halves and running smaller batches from now on")
+        self.max_batch = min(self.max_batch or half, half)
+        return (self._fitting(slice_inputs(inputs, 0, half), samples[:half])
+                + self._fitting(slice_inputs(inputs, half, len(samples)), samples[half:]))
+
+    def infer(self, inputs: Any, samples: list[Sample]) -> list[dict]:
+        model = self.task.model
+        device_inputs = move_to_device(inputs, model.device)
+        outputs = forward_batch(self.task, device_inputs, model.dtype, self.normalize)
+        if model.dtype != torch.float32 and has_non_finite(outputs):
+            if not self.warned_non_finite:
+                self.warned_non_finite = True
+                self.reporter.message(f"warning: {model.precision} gave non-finite outputs for a batch; "
+                                      "reran it in fp32 (this run warns once)")
+            outputs = forward_batch(self.task, device_inputs, torch.float32, self.normalize)
+        with torch.inference_mode():
+            fields = self.task.postprocess(outputs, samples)
+        if len(fields) != len(samples):
+            raise RuntimeError(f"{type(self.task).__name__}.postprocess returned {len(fields)} results for {len(samples)} inputs")
+        return fields
+
+
+def forward_batch(task: Task, inputs: Any, dtype: torch.dtype, normalize: DeviceNormalize | None = None) -> Any:
+    """The one place a task's forward runs: inputs already on the device, uint8 pixels normalised
+    there (see vitkit/pixels.py), inference mode, autocast to `dtype` unless it is fp32."""
     with torch.inference_mode():
-        fields = task.postprocess(outputs, batch.ok_samples)
-    if len(fields) != len(batch.ok_samples):
-        raise RuntimeError(f"{type(task).__name__}.postprocess returned {len(fields)} results for {len(batch.ok_samples)} inputs")
-    return fields
+        if normalize is not None:
+            inputs = normalize(inputs)
+        with autocast_for(task.model.device, dtype):
+            return task.forward(inputs)
+
+
+def has_non_finite(outputs: Any) -> bool:
+    """Any NaN or infinity in the floating-point tensors of a task's outputs (tensors, dicts such as
+    transformers' ModelOutput, lists, tuples and dataclasses of them)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.is_floating_point() and not bool(torch.isfinite(outputs).all())
+    if isinstance(outputs, dict):
+        return any(has_non_finite(value) for value in outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return any(has_non_finite(value) for value in outputs)
+    if dataclasses.is_dataclass(outputs) and not isinstance(outputs, type):
+        return any(has_non_finite(getattr(outputs, f.name)) for f in dataclasses.fields(outputs))
+    return False
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
