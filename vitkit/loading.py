@@ -37,6 +37,10 @@ class LoadedModel:
 def resolve_device(name: str = "auto") -> torch.device:
     if name not in DEVICES and not name.startswith("cuda:"):
         raise UsageError(f"unknown device {name!r}", hint=f"use one of {', '.join(DEVICES)}")
+    from vitkit.distributed import rank_device  # under torchrun each rank takes its own GPU
+
+    if (device := rank_device(name)) is not None:
+        return device
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -12,8 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Reporter:
-    def __init__(self, quiet: bool = False, progress: bool | None = None, stream: IO[str] | None = None) -> None:
+    def __init__(self, quiet: bool = False, progress: bool | None = None, stream: IO[str] | None = None,
+                 prefix: str = "") -> None:
         stream = stream or sys.stderr
+        self.prefix = prefix  # e.g. "[rank 1] " under torchrun, where several processes share stderr
         self.console = Console(file=stream, highlight=False, soft_wrap=True)
         self.quiet = quiet
         self.show_progress = (not quiet) and (stream.isatty() if progress is None else progress)
@@ -50,7 +52,7 @@ class Reporter:
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(escape(text), markup=True)
+            self.console.print(escape(self.prefix + text), markup=True)
 
     def summary_line(self) -> str | None:
         failed = sum(self.failures.values())

@@ -40,3 +40,8 @@ def shard_bounds(total: int, shard: Shard) -> tuple[int, int]:
 def select_shard(items: Sequence[T], shard: Shard) -> list[T]:
     start, stop = shard_bounds(len(items), shard)
     return list(items[start:stop])
+
+
+def apply_shard(items: Sequence[T], shard: str | None) -> list[T]:
+    """The `--shard I/N` slice of `items`, or all of them without --shard."""
+    return list(items) if shard is None else select_shard(items, parse_shard(shard))

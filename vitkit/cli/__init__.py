@@ -14,7 +14,9 @@ from vitkit.errors import EXIT_USAGE, VitkitError
 
 
 def _print_error(text: str) -> None:
-    typer.echo(f"vitkit: error: {text}", err=True)
+    from vitkit.distributed import stderr_prefix
+
+    typer.echo(f"{stderr_prefix()}vitkit: error: {text}", err=True)
 
 
 def _silence_stdout() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import typer
 
@@ -13,9 +13,12 @@ from vitkit.report import Reporter
 from vitkit.writers import open_writer, resolve_format
 
 if TYPE_CHECKING:
+    from vitkit.distributed import RankContext
     from vitkit.records import RecordLayout
     from vitkit.runner import RunOptions
     from vitkit.tasks.base import Task
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,24 @@ def collect_inputs(paths: list[str] | None, files_from: str | None, null_separat
     if not items:
         where = ", ".join(paths or []) or files_from or ""
         raise UsageError(f"no images found in {where}", hint="folders are searched for image extensions; name files directly to try others")
-    if shard is not None:
-        from vitkit.sharding import parse_shard, select_shard
+    return shard_items(items, shard)
 
-        items = select_shard(items, parse_shard(shard))
-    return items
+
+def shard_items(items: list[T], shard: str | None) -> list[T]:
+    """--shard picks this machine's slice, then under torchrun this rank's part of it: both contiguous,
+    so outputs concatenated in (shard, rank) order are in input order."""
+    from vitkit.distributed import get_context
+    from vitkit.sharding import apply_shard
+
+    items = apply_shard(items, shard)
+    context = get_context()
+    return context.shard(items) if context is not None else items
 
 
 class RecordSink(Protocol):
-    """Something else that wants every record of the run (an HTML sheet, a COCO file)."""
+    """Something else that wants every record of the run (an HTML sheet, a COCO file). A sink with a true
+    `per_input` attribute handles each record on its own (caption sidecars): under torchrun it runs on the
+    rank that made the record; the others run on rank 0 with every record."""
 
     def add(self, record: dict[str, Any]) -> None: ...
 
@@ -53,24 +65,80 @@ class RecordSink(Protocol):
 
 def run_and_write(task: "Task", items: list[InputItem], run_options: "RunOptions", out: OutputOptions,
                   sinks: Sequence[RecordSink] = ()) -> None:
-    """Stream records to the chosen writer; exit 1 if any input failed, after writing all the others."""
+    """Stream records to the chosen writer; exit 1 if any input failed, after writing all the others.
+    Under torchrun `items` is this rank's part and rank 0 writes every rank's records."""
+    from vitkit.distributed import finish, get_context
+
+    context = get_context()
+    sinks = [*sinks, *([ContactSheetSink(out.html, task.layout, f"model {task.model.spec.id}")] if out.html else [])]
+    local_sinks = [s for s in sinks if getattr(s, "per_input", False)]
+    main_sinks = [s for s in sinks if s not in local_sinks]
+    if context is None:
+        reporter = Reporter(quiet=out.quiet)
+        failed = _write_all(_run_records(task, items, run_options, reporter, local_sinks), out, task, main_sinks)
+    else:
+        reporter = Reporter(quiet=out.quiet, progress=None if context.is_main else False,
+                            prefix=context.prefix)
+        failed = _run_on_rank(context, task, items, run_options, out, reporter, local_sinks, main_sinks)
+    # Other ranks exit 0: their failures are on their stderr and in rank 0's summary and exit code.
+    exit_code = EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK
+    if context is None or context.is_main:
+        reporter.print_summary()
+    # Before closing per-input sinks: one that raises must not make torchrun stop rank 0 mid-write.
+    finish(exit_code)
+    _close(local_sinks)
+    raise typer.Exit(exit_code)
+
+
+def _run_records(task: "Task", items: list[InputItem], run_options: "RunOptions", reporter: Reporter,
+                 local_sinks: Sequence[RecordSink]) -> Iterator[dict[str, Any]]:
     from vitkit.runner import run
 
-    reporter = Reporter(quiet=out.quiet)
-    fmt = resolve_format(out.format, out.output)
-    sinks = [*sinks, *([ContactSheetSink(out.html, task.layout, f"model {task.model.spec.id}")] if out.html else [])]
+    for record in run(task, items, run_options, reporter):
+        as_dict = record.to_dict()
+        for sink in local_sinks:
+            sink.add(as_dict)
+        yield as_dict
+
+
+def _write_all(records: Iterable[dict[str, Any]], out: OutputOptions, task: "Task",
+               sinks: Sequence[RecordSink]) -> int:
+    """Write records and feed the sinks; returns how many were failures."""
     failed = 0
-    with open_writer(fmt, out.output, task.layout) as writer:
-        for record in run(task, items, run_options, reporter):
-            as_dict = record.to_dict()
-            writer.write(as_dict)
-            failed += not record.ok
+    with open_writer(resolve_format(out.format, out.output), out.output, task.layout) as writer:
+        for record in records:
+            writer.write(record)
+            failed += "error" in record
             for sink in sinks:
-                sink.add(as_dict)
+                sink.add(record)
+    _close(sinks)
+    return failed
+
+
+def _run_on_rank(context: "RankContext", task: "Task", items: list[InputItem], run_options: "RunOptions",
+                 out: OutputOptions, reporter: Reporter, local_sinks: Sequence[RecordSink],
+                 main_sinks: Sequence[RecordSink]) -> int:
+    """Rank 0 streams its own records (the first slice) as they come, then the other ranks' in rank
+    order once they are done; the other ranks only send theirs. Returns the job's failure count."""
+    records = _run_records(task, items, run_options, reporter, local_sinks)
+    if not context.is_main:
+        context.gather((list(records), reporter.failures, len(items)))
+        return 0
+
+    def job_records() -> Iterator[dict[str, Any]]:
+        yield from records
+        gathered = context.gather(None) or []
+        for other_records, failures, total in gathered[1:]:
+            reporter.failures.update(failures)
+            reporter.total += total
+            yield from other_records
+
+    return _write_all(job_records(), out, task, main_sinks)
+
+
+def _close(sinks: Sequence[RecordSink]) -> None:
     for sink in sinks:
         sink.close()
-    reporter.print_summary()
-    raise typer.Exit(EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK)
 
 
 class ContactSheetSink:

@@ -160,6 +160,8 @@ def plan_sidecars(items: Sequence[InputItem], overwrite: bool) -> SidecarPlan:
 class SidecarWriter:
     """A record sink: writes each caption, plus a newline, to the image's caption file, atomically, in UTF-8."""
 
+    per_input = True  # under torchrun, written by the rank that captioned the image
+
     def __init__(self, reporter: Reporter | None = None) -> None:
         self.reporter = reporter or Reporter(quiet=True)
         self.failed: list[str] = []
