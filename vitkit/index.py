@@ -105,6 +105,14 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class MergeCounts:
+    added: int  # paths new to the target
+    replaced: int  # paths the target held with an older (or equal) mtime and other content or size
+    unchanged: int  # paths the target already held exactly so
+    kept: int  # paths the target held with a newer mtime: its entry stays
+
+
+@dataclass(frozen=True)
 class IndexStats:
     files: int
     vectors: int  # stored vectors, one per distinct content (including ones kept for reuse until compact)
@@ -627,6 +635,48 @@ class VectorIndex:
             cursor = self._conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
         self._snapshot_cache = None
         return max(cursor.rowcount, 0)
+
+    def merge_from(self, other: VectorIndex) -> MergeCounts:
+        """Add every file of `other` (a shard's index, built with the same model) to this one, in chunks.
+        A path both hold keeps the entry with the newer mtime; on equal mtimes `other`'s wins, so
+        merging shards in order lets the last shard win. Nothing is removed: shards only add."""
+        self._require_writer()
+        if (other.model_key, other.dim) != (self.model_key, self.dim):
+            old, new = _describe(_Meta(self.model_key, self.dim, 0), other.model_key, other.dim)
+            raise IndexModelMismatchError(f"cannot merge {other.folder} (built with {new}) into {self.folder} "
+                                          f"(built with {old})", hint="merge only shards built with the same --model")
+        snapshot = other._snapshot()
+        added = replaced = unchanged = kept = 0
+        for start in range(0, len(snapshot.paths), _SQL_BATCH):
+            paths = snapshot.paths[start:start + _SQL_BATCH]
+            theirs = other._stored_entries(paths)
+            ours = _stored_states(self._conn, paths)
+            entries = []
+            for position, path in enumerate(paths, start):
+                if path not in theirs:
+                    continue  # removed from the shard since the snapshot: a writer is still at work on it
+                size, mtime_ns, digest, width, height = theirs[path]
+                if ours.get(path) == (size, mtime_ns, digest):
+                    unchanged += 1
+                    continue
+                if path in ours and ours[path][1] > mtime_ns:
+                    kept += 1
+                    continue
+                vector = np.asarray(snapshot.vectors[snapshot.rows[position]], dtype=np.float32)
+                entries.append((FileState(path, size, mtime_ns), digest, vector, width, height))
+                added += path not in ours
+                replaced += path in ours
+            self.add(entries)
+        return MergeCounts(added, replaced, unchanged, kept)
+
+    def _stored_entries(self, paths: Sequence[str]) -> dict[str, tuple]:
+        """path -> (size, mtime_ns, content_hash, width, height)."""
+        found: dict[str, tuple] = {}
+        for batch in _batches(paths):
+            marks = ",".join("?" * len(batch))
+            query = f"SELECT path, size, mtime_ns, content_hash, width, height FROM files WHERE path IN ({marks})"
+            found.update((row[0], row[1:]) for row in self._conn.execute(query, batch))
+        return found
 
     def known_paths(self) -> set[str]:
         return {path for (path,) in self._conn.execute("SELECT path FROM files")}

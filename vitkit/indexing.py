@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from vitkit.discover import InputItem, discover_inputs
-from vitkit.index import FileState, VectorIndex, file_state
+from vitkit.errors import IndexModelMismatchError, UsageError
+from vitkit.index import FileState, MergeCounts, VectorIndex, file_state
 from vitkit.registry import ModelSpec
 from vitkit.report import Reporter
 from vitkit.runner import RunOptions, run
+from vitkit.sharding import apply_shard
 from vitkit.tasks.embed import EmbedTask
+
+if TYPE_CHECKING:
+    from vitkit.distributed import RankContext
 
 INDEX_DIR_ENV = "VITKIT_INDEX_DIR"
 HOME_ENV = "VITKIT_HOME"
@@ -55,20 +60,55 @@ class IndexResult:
 
 
 def index_folders(folders: Sequence[str], options: IndexOptions, reporter: Reporter) -> IndexResult:
-    """Load the model, take the writer lock, and bring the index up to date with `folders`."""
+    """Load the model, take the writer lock, and bring the index up to date with `folders`.
+    Under torchrun every rank embeds a part and rank 0 alone opens and writes the index; the other
+    ranks return zero counts."""
+    from vitkit.distributed import get_context
     from vitkit.loading import load_model
     from vitkit.registry import EMBED, resolve
 
     spec = resolve(options.model, EMBED)
+    context = get_context()
     task = EmbedTask(load_model(spec, EMBED, options.device, options.precision, options.offline,
                                 compile=options.compile))
     folder = Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)
     counts = IndexCounts()
-    if folders or options.rebuild:
+    if context is not None and not context.is_main:
+        _embed_for_main(context, task, options.run, reporter)
+    elif folders or options.rebuild:
         with VectorIndex.open_for_writing(folder, get_model_key(spec), task.dim, rebuild=options.rebuild,
                                           wait_seconds=options.wait_seconds) as index:
-            counts = update_index(index, task, folders, options.run, reporter)
+            counts = update_index(index, task, folders, options.run, reporter, options.shard)
     return IndexResult(task, folder, counts)
+
+
+def merge_indexes(sources: Sequence[str], options: IndexOptions) -> tuple[Path, MergeCounts]:
+    """Merge shard indexes (e.g. from `vitkit index --shard I/N --index DIR`) into `options.index_dir`.
+    No model is loaded: the shards' model key must match the target's, and --model's when given."""
+    from vitkit.registry import EMBED, resolve
+
+    spec = resolve(options.model, EMBED) if options.model or not options.index_dir else None
+    target = Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)
+    shards: list[VectorIndex] = []
+    try:
+        shards.extend(VectorIndex.open_for_reading(source) for source in sources)
+        model_key = get_model_key(spec) if spec else shards[0].model_key
+        for shard in shards:
+            if os.path.realpath(shard.folder) == os.path.realpath(target):
+                raise UsageError(f"cannot merge index {shard.folder} into itself", hint="pass a different --index")
+            if shard.model_key != model_key:
+                raise IndexModelMismatchError(f"index {shard.folder} was built with {shard.model_key}, not {model_key}",
+                                              hint="merge only shards built with the same --model")
+        totals = MergeCounts(0, 0, 0, 0)
+        with VectorIndex.open_for_writing(target, model_key, shards[0].dim, rebuild=options.rebuild,
+                                          wait_seconds=options.wait_seconds) as index:
+            for shard in shards:
+                merged = index.merge_from(shard)
+                totals = MergeCounts(*(a + b for a, b in zip(astuple(totals), astuple(merged))))
+        return target, totals
+    finally:
+        for shard in shards:
+            shard.close()
 
 
 def get_vitkit_home() -> Path:
@@ -101,10 +141,12 @@ def get_model_key(spec: ModelSpec) -> str:
 
 
 def update_index(index: VectorIndex, task: EmbedTask, folders: Sequence[str], options: RunOptions,
-                 reporter: Reporter) -> IndexCounts:
-    """Bring the index in line with `folders`. Each batch is committed as it completes, so an
-    interrupted run keeps its work; removals happen only after a complete scan."""
-    items = discover_inputs(list(folders))
+                 reporter: Reporter, shard: str | None = None) -> IndexCounts:
+    """Bring the index in line with `folders` (or with the `--shard I/N` slice of what they hold). Each
+    batch is committed as it completes, so an interrupted run keeps its work; removals happen only
+    after a complete scan."""
+    scanned = discover_inputs(list(folders))
+    items = apply_shard(scanned, shard)
     _report_problems(items, reporter)
     states = _stat_all([i for i in items if not i.problem], reporter)
     failed = len(items) - len(states)  # missing paths, unreadable folders, files that vanished
@@ -114,9 +156,11 @@ def update_index(index: VectorIndex, task: EmbedTask, folders: Sequence[str], op
     known = index.known_paths()
     if plan.reusable:
         index.add([(states[path], digest, None, None, None) for path, digest in plan.reusable])
-    seen = set(plan.unchanged) | {path for path, _ in plan.reusable}
+    # Files of other shards still exist: the sweep must only forget files gone from the folders.
+    seen = {os.path.abspath(i.path) for i in scanned if not i.problem} - {os.path.abspath(i.path) for i in items}
+    seen |= set(plan.unchanged) | {path for path, _ in plan.reusable}
     added = updated = 0
-    for batch in _embed(task, plan.to_embed, options, reporter):
+    for batch in _embed_across_ranks(task, plan.to_embed, options, reporter):
         entries = [(states[path], digest, vector, w, h) for path, digest, vector, w, h in batch if vector is not None]
         index.add(entries)
         done = {entry[0].path for entry in entries}
@@ -128,6 +172,28 @@ def update_index(index: VectorIndex, task: EmbedTask, folders: Sequence[str], op
     removed = index.remove_missing(seen, [os.path.abspath(f) for f in folders if os.path.isdir(f)])
     return IndexCounts(added, updated, len(plan.reusable), len(plan.unchanged), removed,
                        failed + len(plan.hash_failures))
+
+
+def _embed_across_ranks(task: EmbedTask, to_embed: Sequence[tuple[str, str]], options: RunOptions,
+                        reporter: Reporter) -> Iterator[list[tuple]]:
+    """Rank 0's batches as they complete (committed as they come), then under torchrun the other
+    ranks' batches once they are done; ranks take contiguous parts of `to_embed`."""
+    from vitkit.distributed import get_context
+
+    context = get_context()
+    if context is None:
+        yield from _embed(task, to_embed, options, reporter)
+        return
+    to_embed = context.shard(context.broadcast(list(to_embed)))
+    yield from _embed(task, to_embed, options, reporter)
+    for batches in (context.gather(None) or [])[1:]:
+        yield from batches
+
+
+def _embed_for_main(context: "RankContext", task: EmbedTask, options: RunOptions, reporter: Reporter) -> None:
+    """A rank other than 0: embed this rank's part of rank 0's plan and send the batches back."""
+    to_embed = context.shard(context.broadcast(None))
+    context.gather(list(_embed(task, to_embed, options, reporter)))
 
 
 def _report_problems(items: list[InputItem], reporter: Reporter) -> None:

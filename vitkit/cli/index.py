@@ -14,6 +14,10 @@ IndexDir = Annotated[Optional[str], typer.Option(
     "--index", metavar="DIR", help="Index folder. Default: one per model under $VITKIT_HOME (~/.local/share/vitkit).",
     show_default=False)]
 Rebuild = Annotated[bool, typer.Option("--rebuild", help="Drop an index built with another model and re-embed.")]
+MergeFrom = Annotated[Optional[list[str]], typer.Option(
+    "--merge-from", metavar="DIR", help="Merge this shard's index (from --shard I/N --index DIR) into --index "
+    "instead of scanning folders; repeat for each shard. For a path in several, the newest mtime wins, then "
+    "the last shard.", show_default=False)]
 Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS", help="Wait this long for another indexer to finish.")]
 
 
@@ -22,6 +26,7 @@ def index(
     index_dir: IndexDir = None,
     model: o.Model = None,
     rebuild: Rebuild = False,
+    merge_from: MergeFrom = None,
     wait: Wait = 0.0,
     format: o.Format = "auto",
     device: o.Device = "auto",
@@ -41,16 +46,31 @@ def index(
     """
     from dataclasses import asdict
 
-    from vitkit.indexing import IndexOptions, index_folders
+    from vitkit.distributed import finish, get_context
+    from vitkit.indexing import IndexOptions, index_folders, merge_indexes
     from vitkit.report import Reporter
     from vitkit.runner import RunOptions
     from vitkit.writers import resolve_format, write_listing
 
-    if not folders:
-        raise UsageError("no folders given", hint="vitkit index FOLDER...")
+    if not folders and not merge_from:
+        raise UsageError("no folders given", hint="vitkit index FOLDER..., or --merge-from SHARD_DIR ... --index DIR")
+    if folders and merge_from:
+        raise UsageError("pass folders to index or --merge-from shard indexes, not both",
+                         hint="merge the shards first, then update with `vitkit index FOLDER --index DIR`")
     options = IndexOptions(index_dir, model, rebuild, wait, device, precision, offline,
                            RunOptions(batch_size, workers, not no_draft, max_pixels), compile_model, shard)
-    result = index_folders(folders, options, Reporter(quiet=quiet))
-    row = {"index": str(result.folder), **asdict(result.counts)}
-    write_listing([row], tuple(row), resolve_format(format, None))
-    raise typer.Exit(EXIT_SOME_INPUTS_FAILED if result.counts.failed else EXIT_OK)
+    if merge_from:
+        if shard is not None or get_context() is not None:
+            raise UsageError("--merge-from runs as one process", hint="drop --shard and run it without torchrun")
+        target, merged = merge_indexes(merge_from, options)
+        row = {"index": str(target), **asdict(merged)}
+        write_listing([row], tuple(row), resolve_format(format, None))
+        raise typer.Exit(EXIT_OK)
+    context = get_context()
+    result = index_folders(folders, options, Reporter(quiet=quiet, prefix=context.prefix if context else ""))
+    exit_code = EXIT_SOME_INPUTS_FAILED if result.counts.failed else EXIT_OK
+    if context is None or context.is_main:
+        row = {"index": str(result.folder), **asdict(result.counts)}
+        write_listing([row], tuple(row), resolve_format(format, None))
+    finish(exit_code)
+    raise typer.Exit(exit_code if context is None or context.is_main else EXIT_OK)
