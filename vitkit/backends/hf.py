@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from vitkit.backends.aspect import PROCESSOR_MAX_RATIO, squash_long_side
 from vitkit.errors import ModelTaskMismatchError
 from vitkit.registry import CLASSIFY, DETECT, INPAINT, SEGMENT, ModelSpec
 
@@ -77,6 +78,7 @@ class ProcessorPreprocess:
     image_processor: Any
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+        image = squash_long_side(image, PROCESSOR_MAX_RATIO)
         encoded = self.image_processor(images=image, return_tensors="pt")
         return {key: encoded[key][0] for key in ("pixel_values", "pixel_mask") if key in encoded}  # (3, H, W), (H, W)
 

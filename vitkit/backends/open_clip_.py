@@ -10,13 +10,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from vitkit.backends.aspect import cap_aspect_ratio
 from vitkit.errors import ModelLoadError
 from vitkit.registry import ModelSpec
 
 
 @dataclass(frozen=True)
 class OpenClipAssets:
-    transform: Callable[[Any], torch.Tensor]  # open_clip's eval preprocess
+    transform: Callable[[Any], torch.Tensor]  # open_clip's eval preprocess, aspect-capped
     tokenizer: Callable[..., torch.Tensor]
 
 
@@ -40,7 +41,7 @@ def load_open_clip(spec: ModelSpec) -> tuple[torch.nn.Module, OpenClipAssets]:
             model, _, transform = open_clip.create_model_and_transforms(spec.source)
             tokenizer = open_clip.get_tokenizer(spec.source)
     model.eval()
-    return model, OpenClipAssets(transform, tokenizer)
+    return model, OpenClipAssets(cap_aspect_ratio(transform), tokenizer)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 
+from vitkit.backends.aspect import cap_aspect_ratio
 from vitkit.registry import ModelSpec
 
 LABELS_FILE = "labels.txt"  # optional, one label a line, for custom checkpoints without label_names
@@ -15,7 +16,7 @@ LABELS_FILE = "labels.txt"  # optional, one label a line, for custom checkpoints
 
 @dataclass(frozen=True)
 class TimmAssets:
-    transform: Callable[[Any], torch.Tensor]  # PIL image -> (3, H, W) float tensor, timm's own eval transform
+    transform: Callable[[Any], torch.Tensor]  # PIL image -> (3, H, W) float tensor: timm's own eval transform, aspect-capped
     data_config: dict[str, Any]
     labels: tuple[str, ...]
 
@@ -27,7 +28,7 @@ def load_timm(spec: ModelSpec) -> tuple[torch.nn.Module, TimmAssets]:
     model = timm.create_model(spec.source, pretrained=True)
     model.eval()
     data_config = resolve_data_config(model=model)
-    transform = create_transform(**data_config, is_training=False)
+    transform = cap_aspect_ratio(create_transform(**data_config, is_training=False))
     return model, TimmAssets(transform, data_config, get_label_names(model, spec))
 
 

@@ -35,7 +35,7 @@ class ClassifyTask:
         self.model = model
         self.labels = model.assets.labels
         self.top_k = min(top_k, len(self.labels))
-        self.preprocess = model.assets.transform  # timm's own eval transform, untouched
+        self.preprocess = model.assets.transform  # timm's own eval transform (aspect-capped: backends/aspect.py)
         self.draft_size = resize_size(model.assets.data_config)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
