@@ -120,7 +120,10 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
 
 
 def precision_name(requested: str, loaded: LoadedModel) -> str:
-    """What ran: the precision asked for, or for `auto` the one the loader picked."""
+    """What ran: the loader's resolved name where it records one, else the name asked for (or for
+    `auto`, the name of the dtype picked)."""
+    if getattr(loaded, "precision", None):
+        return loaded.precision
     if requested != "auto":
         return requested
     return next((name for name, dtype in PRECISIONS.items() if dtype == loaded.dtype), str(loaded.dtype))
