@@ -44,6 +44,7 @@ from vitkit.bench import consume as consume_records
 from vitkit.bench import preprocess_one
 from vitkit.errors import VitkitError
 from vitkit.loading import load_model
+from vitkit.precision_check import compare_probabilities
 from vitkit.registry import CLASSIFY, resolve
 from vitkit.runner import RunOptions, run
 from vitkit.tasks.classify import ClassifyTask
@@ -262,15 +263,10 @@ def report_agreement(in_process: list[InProcess], reference: str) -> None:
         return
     print(f"\nagreement with {reference} on the same images (all class probabilities compared)")
     for r in others:
-        top1, largest = compare_probabilities(ref.probabilities, r.probabilities)
-        print(f"  {r.precision}: top-1 agreement {top1:.3f} ({round(top1 * len(ref.probabilities))}/"
-              f"{len(ref.probabilities)}), max |probability difference| {largest:.2e}")
-
-
-def compare_probabilities(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """(top-1 agreement, largest absolute probability difference) of two (N, C) probability arrays."""
-    agreement = float(np.mean(reference.argmax(axis=1) == other.argmax(axis=1)))
-    return agreement, float(np.abs(reference - other).max())
+        agreement = compare_probabilities(ref.probabilities, r.probabilities)
+        print(f"  {r.precision}: top-1 agreement {agreement.top1_agreement:.3f} "
+              f"({round(agreement.top1_agreement * agreement.images)}/{agreement.images}), "
+              f"max |probability difference| {agreement.max_abs_prob_diff:.2e}")
 
 
 if __name__ == "__main__":
