@@ -154,6 +154,17 @@ def test_threads_follow_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None
     assert acceleration.available_cores() >= 1
 
 
+def test_channels_last_only_for_convolutional_backbones_on_cuda(tiny_timm_dir: Path, tiny_detr_dir: Path) -> None:
+    from vitkit.acceleration import prefers_channels_last
+    from vitkit.registry import DETECT
+
+    detr = load_model(resolve(str(tiny_detr_dir), DETECT), DETECT, "cpu", "fp32").module
+    vit = load_model(resolve(str(tiny_timm_dir), CLASSIFY), CLASSIFY, "cpu", "fp32").module
+    assert prefers_channels_last(detr, torch.device("cuda"))
+    assert not prefers_channels_last(vit, torch.device("cuda"))
+    assert not prefers_channels_last(detr, torch.device("cpu"))
+
+
 def test_compare_probabilities_reports_agreement_and_largest_difference() -> None:
     fp32 = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1]])
     bf16 = np.array([[0.69, 0.21, 0.1], [0.5, 0.4, 0.1]])

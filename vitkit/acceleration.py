@@ -48,6 +48,14 @@ def compile_hot_module(module: torch.nn.Module, backend: str) -> None:
     target.compile()
 
 
+def prefers_channels_last(module: torch.nn.Module, device: torch.device) -> bool:
+    """True for convolutional backbones on CUDA (DETR's ResNet, SegFormer's convolutions), where cuDNN's
+    NHWC kernels are faster. A ViT's only convolution is its patch embedding, a single strided matmul
+    in disguise: the layout makes no difference there, so ViTs stay as they are."""
+    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    return device.type == "cuda" and convolutions > 1
+
+
 _compile_checked: set[str] = set()
 
 

@@ -11,7 +11,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from vitkit.acceleration import check_compile_works, compile_hot_module, configure_threads, quantize_int8
+from vitkit.acceleration import (check_compile_works, compile_hot_module, configure_threads, prefers_channels_last,
+                                 quantize_int8)
 from vitkit.errors import ModelLoadError, ModelNotCachedError, UsageError
 from vitkit.registry import OPEN_CLIP, TIMM, TRANSFORMERS, ModelSpec
 
@@ -93,15 +94,23 @@ def load_model(
     with _cache_lock:
         if key not in _cache:
             module, assets = _load_uncached(spec, capability, offline, trust_remote_code)
-            module.requires_grad_(False)  # inference only: no autograd bookkeeping
-            module = module.to(torch_device)
-            if precision_name == "int8":
-                module = quantize_int8(module)
-            if compile:
-                compile_hot_module(module, spec.backend)
+            module = _prepare(module, spec.backend, torch_device, precision_name, compile)
             _cache[key] = LoadedModel(spec, module, torch_device, PRECISIONS[precision_name], assets,
                                       precision_name, compile)
         return _cache[key]
+
+
+def _prepare(module: torch.nn.Module, backend: str, device: torch.device, precision_name: str,
+             compile: bool) -> torch.nn.Module:
+    module.requires_grad_(False)  # inference only: no autograd bookkeeping
+    module = module.to(device)
+    if prefers_channels_last(module, device):
+        module = module.to(memory_format=torch.channels_last)  # 4-D conv weights; activations follow
+    if precision_name == "int8":
+        module = quantize_int8(module)
+    if compile:
+        compile_hot_module(module, backend)
+    return module
 
 
 def clear_model_cache() -> None:
