@@ -58,6 +58,7 @@ def caption(
 
     Example: vitkit caption photos/ --sidecar
     """
+    from vitkit.distributed import is_launched
     from vitkit.loading import load_model
     from vitkit.report import Reporter
     from vitkit.runner import RunOptions
@@ -72,7 +73,7 @@ def caption(
         items = plan.items
         if message := plan.skipped_message():
             reporter.message(message)
-        if not items:
+        if not items and not is_launched():  # under torchrun every rank must still join the gather
             raise typer.Exit(0)
     loaded = load_model(resolve(model, CAPTION), CAPTION, device, precision, offline, compile=compile_model)
     task = CaptionTask(loaded, max_length, num_beams, prefix)
