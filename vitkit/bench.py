@@ -25,7 +25,7 @@ from vitkit.errors import InputError, UsageError
 from vitkit.loading import PRECISIONS, LoadedModel, load_model
 from vitkit.registry import CLASSIFY, EMBED, ModelSpec, get_default_model, resolve_any
 from vitkit.report import Reporter
-from vitkit.runner import RunOptions, autocast_for, run
+from vitkit.runner import RunOptions, forward_batch, run
 
 BENCH_CAPABILITIES = (CLASSIFY, EMBED)  # tasks whose forward is one image batch in, one tensor out
 COLUMNS = ("model", "task", "device", "precision", "batch_size", "images", "image_size",
@@ -159,15 +159,14 @@ def preprocess_one(task: Any, path: str, draft: bool) -> torch.Tensor:
 
 
 def time_model_only(task: Any, sample: torch.Tensor, batch_size: int, images: int) -> float:
-    """Images per second through `task.forward` alone, on inputs already on the device."""
+    """Images per second through the task's forward alone, on normalised inputs already on the device."""
     model = task.model
     batch = sample.unsqueeze(0).expand(batch_size, *sample.shape).contiguous().to(model.device)  # (B, 3, H, W)
     n_batches = max(1, math.ceil(images / batch_size))
 
     def forward_all(count: int) -> None:
-        with torch.inference_mode(), autocast_for(model.device, model.dtype):
-            for _ in range(count):
-                task.forward(batch)
+        for _ in range(count):
+            forward_batch(task, batch, model.dtype)  # the runner's own forward: inference mode, autocast
         synchronize(model.device)
 
     forward_all(2)  # warm-up: kernel selection, allocator growth, lazy compilation
