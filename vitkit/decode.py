@@ -7,7 +7,7 @@ import math
 import os
 import stat as stat_module
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -50,15 +50,17 @@ def decode_image(path: str, options: DecodeOptions = DecodeOptions()) -> Decoded
     """Decode one file; every failure is an InputError whose message is the reason, for one line of output."""
     _check_file(path)
     try:
-        with _pillow_bomb_check_off(), Image.open(path) as image:
-            return _decode_open_image(image, options)
+        with _pillow_quietly() as caught, Image.open(path) as image:
+            decoded = _decode_open_image(image, options)
+        return replace(decoded, warnings=decoded.warnings + _warning_notes(caught, decoded.warnings))
     except InputError:
         raise
     except UnidentifiedImageError as exc:
         raise InputError("not an image Pillow can read (unknown or corrupt format)", kind="not an image") from exc
     except MemoryError as exc:
         raise InputError("out of memory while decoding", kind="too large") from exc
-    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise almost anything on hostile data (OSError,
+        # SyntaxError, ValueError, struct.error, ZeroDivisionError...); each is this file's failure, never the run's.
         raise _describe_decode_failure(exc) from exc
 
 
@@ -108,7 +110,10 @@ def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedIma
 
 def _read_orientation(image: Image.Image, notes: list[str]) -> int:
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        # Pillow only warns (on stderr, from a worker) about some corrupt EXIF; it becomes this file's warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - malformed EXIF must never cost the image
         notes.append("malformed EXIF data ignored; using the pixels as stored")
         return 1
@@ -155,13 +160,28 @@ def _describe_decode_failure(exc: BaseException) -> InputError:
 
 
 @contextlib.contextmanager
-def _pillow_bomb_check_off() -> Iterator[None]:
-    """vitkit checks the pixel count itself (with a flag to raise it); Pillow's global check would override that."""
+def _pillow_quietly() -> Iterator[list[warnings.WarningMessage]]:
+    """Pillow's global pixel check off (vitkit checks the count itself, with a flag to raise it), and its
+    warnings caught: they become the file's warnings instead of stray stderr lines from a worker."""
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
+            yield caught
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def _warning_notes(caught: list[warnings.WarningMessage], already: tuple[str, ...]) -> tuple[str, ...]:
+    notes: list[str] = []
+    for warning in caught:
+        if not issubclass(warning.category, UserWarning):  # deprecations are for vitkit's developers, not its users
+            continue
+        text = " ".join(str(warning.message).split())
+        # e.g. "Corrupt EXIF data. Expecting to read 12 bytes but only got 2.": Pillow skipped that part.
+        note = f"malformed EXIF data ignored ({text})" if "exif" in text.lower() else f"decoder warning: {text}"
+        if note not in notes and note not in already:
+            notes.append(note)
+    return tuple(notes)
