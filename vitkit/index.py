@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -251,10 +251,25 @@ def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> It
     conn.execute(begin)
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # A COMMIT that fails (disk full) leaves the transaction open; a failed ROLLBACK must not hide why.
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+
+
+@contextmanager
+def _write_errors(folder: Path) -> Iterator[None]:
+    """A full disk, a file-size limit or a read-only folder becomes one clear error. Earlier commits
+    stay, and the crash-safety ordering means nothing refers to vector bytes of the failed write."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise IndexError_(f"cannot write to index {folder}: {reason}",
+                          hint="free some space (or use another --index) and run again; "
+                               "every batch finished before this is kept") from e
 
 
 def _not_an_index(folder: Path) -> IndexSchemaError:
@@ -264,7 +279,8 @@ def _not_an_index(folder: Path) -> IndexSchemaError:
 
 def _open_error(folder: Path, error: sqlite3.DatabaseError) -> IndexError_:
     if isinstance(error, sqlite3.OperationalError):  # cannot open, read-only, locked too long: not the file's fault
-        return IndexError_(f"cannot use index {folder}: {error}", hint="check the path and its permissions")
+        return IndexError_(f"cannot use index {folder}: {error}",
+                           hint="check the path, its permissions and the free disk space")
     return _not_an_index(folder)
 
 
@@ -464,7 +480,8 @@ class VectorIndex:
         except OSError as e:
             raise IndexError_(f"cannot create index folder {folder}: {e.strerror}",
                               hint="check the path and its permissions") from None
-        lock_fd = _acquire_lock(folder, wait_seconds)
+        with _write_errors(folder):
+            lock_fd = _acquire_lock(folder, wait_seconds)
         conn = None
         try:
             conn = _connect(folder / DB_NAME, readonly=False)
@@ -478,7 +495,8 @@ class VectorIndex:
             raise
         index = cls(folder, conn, meta, lock_fd)
         try:
-            index._open_vector_file()
+            with _write_errors(folder):
+                index._open_vector_file()
         except BaseException:
             index.close()
             raise
@@ -585,13 +603,14 @@ class VectorIndex:
             new_hashes.append(digest)
             new_vectors.append(vector)
             new_paths.append(state.path)
-        if new_vectors:
-            self._append(_normalised(np.stack(new_vectors), self.dim, new_paths))
-        with _transaction(self._conn):
-            self._conn.executemany("INSERT INTO vectors (row, content_hash) VALUES (?, ?)",
-                                   [(rows[digest], digest) for digest in new_hashes])
-            self._conn.executemany(_UPSERT_FILE, [(s.path, s.size, s.mtime_ns, digest, rows[digest], width, height)
-                                                  for s, digest, _, width, height in entries])
+        with _write_errors(self.folder):
+            if new_vectors:
+                self._append(_normalised(np.stack(new_vectors), self.dim, new_paths))
+            with _transaction(self._conn):
+                self._conn.executemany("INSERT INTO vectors (row, content_hash) VALUES (?, ?)",
+                                       [(rows[digest], digest) for digest in new_hashes])
+                self._conn.executemany(_UPSERT_FILE, [(s.path, s.size, s.mtime_ns, digest, rows[digest], width,
+                                                       height) for s, digest, _, width, height in entries])
         self._snapshot_cache = None
 
     def _append(self, vectors: np.ndarray) -> None:
@@ -631,7 +650,7 @@ class VectorIndex:
         return found
 
     def _delete(self, paths: list[str]) -> int:
-        with _transaction(self._conn):
+        with _write_errors(self.folder), _transaction(self._conn):
             cursor = self._conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
         self._snapshot_cache = None
         return max(cursor.rowcount, 0)
@@ -757,11 +776,16 @@ class VectorIndex:
             return  # nothing to reclaim
         old_path = self.folder / _vectors_file_name(self._generation)
         new_path = self.folder / _vectors_file_name(self._generation + 1)
-        _copy_rows(old_path, new_path, live, self.dim)
-        _fsync_dir(self.folder)
-        with _transaction(self._conn):
-            _renumber(self._conn, live)
-            _write_meta(self._conn, _Meta(self.model_key, self.dim, self._generation + 1))
+        with _write_errors(self.folder):
+            try:
+                _copy_rows(old_path, new_path, live, self.dim)
+            except BaseException:
+                new_path.unlink(missing_ok=True)  # a half-written copy nothing refers to
+                raise
+            _fsync_dir(self.folder)
+            with _transaction(self._conn):
+                _renumber(self._conn, live)
+                _write_meta(self._conn, _Meta(self.model_key, self.dim, self._generation + 1))
         self._generation += 1
         self._file.close()
         self._open_vector_file()  # also deletes the old file

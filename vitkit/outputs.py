@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
+import stat as stat_module
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from vitkit.errors import OutputError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Markers for path parts that cannot be mirrored as they are. '@' does not start real folder names
 # in practice, and the mapping stays one-to-one either way since relative paths never begin with it.
@@ -48,23 +54,72 @@ def _mirrored_parts(input_path: str) -> list[str]:
     return parts
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def output_errors(target: str | os.PathLike) -> Iterator[None]:
+    """OSErrors while writing `target` (disk full, file too large, read-only folder) become an OutputError
+    that names it. A broken pipe passes through: the CLI ends quietly when a reader goes away."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            hint = "free some space (or write elsewhere) and run again; earlier outputs are unchanged"
+        else:
+            hint = "check that the folder exists and is writable"
+        raise OutputError(f"cannot write {os.fsdecode(target)}: {exc.strerror or exc}", hint=hint) from exc
+
+
+def _is_special(target: Path) -> bool:
+    try:
+        return not stat_module.S_ISREG(os.stat(target).st_mode)
+    except OSError:
+        return False  # missing (or unreachable): created as a regular file, or failing with a clear error
+
+
 @contextlib.contextmanager
 def atomic_write_path(target: Path) -> Iterator[Path]:
-    """A temporary path beside `target`, renamed onto it when the block succeeds, removed if it fails."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".tmp", dir=target.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}", hint="check --out-dir is writable") from exc
-    os.close(fd)
-    # mkstemp makes 0600 files; outputs should get the permissions any new file would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
+    """A temporary path beside `target`, renamed onto it when the block succeeds, removed if it fails.
+
+    A target that exists but is not a regular file (/dev/stdout, /dev/null, a FIFO) is written in place:
+    renaming over it would replace the device or pipe with a file. A symlink keeps pointing where it did:
+    the file it points to is replaced. Errors from the block are the caller's to describe (see
+    `output_errors`): the block may do more than write.
+    """
+    if _is_special(target):
+        yield target
+        return
+    real = Path(os.path.realpath(target)) if target.is_symlink() else target
+    with output_errors(target):
+        try:
+            real.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:  # the parent is a file; "File exists" would mislead
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from exc
+        fd, temp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=real.suffix or ".tmp", dir=real.parent)
+        os.close(fd)
+        # mkstemp makes 0600 files; outputs should get the permissions any new file would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
     try:
         yield Path(temp)
-        os.replace(temp, target)
+        with output_errors(target):
+            os.replace(temp, real)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def save_image(image: Image.Image, target: Path, **options: Any) -> None:
+    """Pillow's save (`options` must name the format), atomically, with write failures as an OutputError
+    naming `target`."""
+    # Encoded in memory first: Pillow's encoders write files with a C write() that ignores short writes,
+    # so on a full disk they leave a truncated image and report success. Python's own writes do not.
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    with atomic_write_path(target) as temp, output_errors(target):
+        temp.write_bytes(buffer.getbuffer())

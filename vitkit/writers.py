@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitkit.errors import UsageError
-from vitkit.outputs import atomic_write_path
+from vitkit.outputs import atomic_write_path, output_errors
 from vitkit.records import RecordLayout
 
 FORMATS = ("auto", "table", "json", "jsonl", "csv")
@@ -80,12 +80,17 @@ class JsonWriter:
         self.stream.flush()
 
 
+def printable(text: str) -> str:
+    """Text that encodes as UTF-8: an undecodable file name's bytes (surrogate escapes) become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def neutralise_formula(value: Any) -> Any:
     """Spreadsheets run cells that start with = + - @ as formulas; a leading quote keeps them text."""
-    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
-        return "'" + value
+    if isinstance(value, str):
+        return "'" + printable(value) if value.startswith(_FORMULA_PREFIXES) else printable(value)
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
+        return printable(json.dumps(value, ensure_ascii=False))
     return value
 
 
@@ -122,11 +127,12 @@ class TableWriter:
             self.table.add_column(name, overflow="fold")
 
     def write(self, record: dict[str, Any]) -> None:
+        path = escape(printable(record["path"]))
         if "error" in record:
-            self.table.add_row(escape(record["path"]), "", f"[red]error: {escape(record['error'])}[/red]")
+            self.table.add_row(path, "", f"[red]error: {escape(record['error'])}[/red]")
             return
         size = f"{record['width']}x{record['height']}" if record.get("width") else ""
-        self.table.add_row(escape(record["path"]), size, escape(self.layout.describe(record)))
+        self.table.add_row(path, size, escape(printable(self.layout.describe(record))))
 
     def close(self) -> None:
         self.console.print(self.table)
@@ -144,14 +150,45 @@ def build_writer(fmt: str, stream: IO[str], layout: RecordLayout) -> Writer:
     raise UsageError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS[1:])}")
 
 
+class OutputStream:
+    """A text stream whose write failures (disk full, file too large, I/O error) raise an OutputError
+    naming the output, so the run ends with one clear line instead of a traceback."""
+
+    encoding = "utf-8"
+
+    def __init__(self, stream: IO[str], name: str) -> None:
+        self._stream, self.name = stream, name
+
+    def write(self, text: str) -> int:
+        with output_errors(self.name):
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with output_errors(self.name):
+            self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 @contextlib.contextmanager
 def open_output(path: str | None) -> Iterator[IO[str]]:
-    """stdout, or a file that appears complete or not at all (written beside it, then renamed)."""
+    """stdout, or a file that appears complete or not at all (written beside it, then renamed): a failed
+    run, a full disk or an interrupt leave an existing file as it was."""
     if path is None or path == "-":
-        yield sys.stdout
+        yield OutputStream(sys.stdout, "standard output")  # type: ignore[misc]
         return
-    with atomic_write_path(Path(path)) as temp, open(temp, "w", encoding="utf-8", newline="") as stream:
-        yield stream
+    with atomic_write_path(Path(path)) as temp:
+        with output_errors(path):
+            stream = open(temp, "w", encoding="utf-8", newline="")
+        try:
+            yield OutputStream(stream, path)  # type: ignore[misc]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                stream.close()
+            raise
+        with output_errors(path):
+            stream.close()  # flushes the last buffered text: it can still fail
 
 
 @contextlib.contextmanager
@@ -170,7 +207,7 @@ def write_listing(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*(escape("" if row.get(c) is None else str(row.get(c))) for c in columns))
+            table.add_row(*(escape(printable("" if row.get(c) is None else str(row.get(c)))) for c in columns))
         table_console(stream).print(table)
         return
     if fmt == "csv":

@@ -88,10 +88,9 @@ def write_annotated(planner: OutputPlanner, sample: Sample, detections: list[dic
     """Boxes drawn on the full-resolution, EXIF-oriented image; written even when nothing was found."""
     from vitkit.decode import decode_image
     from vitkit.draw import draw_detections
-    from vitkit.outputs import atomic_write_path
+    from vitkit.outputs import save_image
 
     image = draw_detections(decode_image(sample.path).image, detections)
     target = planner.path_for(sample.path, "detect", "jpg")
-    with atomic_write_path(target) as temp:
-        image.save(temp, format="JPEG", quality=90)
+    save_image(image, target, format="JPEG", quality=90)
     return str(target)

@@ -27,7 +27,7 @@ from vitkit.data import Sample
 from vitkit.decode import DEFAULT_MAX_PIXELS, DecodeOptions, decode_image
 from vitkit.errors import InputError, UsageError
 from vitkit.loading import LoadedModel
-from vitkit.outputs import OutputPlanner, atomic_write_path
+from vitkit.outputs import OutputPlanner, save_image
 from vitkit.records import RecordLayout
 
 DEFAULT_MASK_RATIO = 0.75  # MAE's pre-training ratio
@@ -334,8 +334,7 @@ class InpaintTask:
 
     def _save(self, sample: Sample, kind: str, image: Image.Image, compress_level: int = 6) -> str:
         target = self.planner.path_for(sample.path, kind, "png")
-        with atomic_write_path(target) as temp:
-            image.save(temp, format="PNG", compress_level=compress_level)
+        save_image(image, target, format="PNG", compress_level=compress_level)
         return str(target)
 
 
