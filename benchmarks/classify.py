@@ -127,7 +127,7 @@ def load_pipeline(model_dir: Path) -> tuple[Callable, str]:
     try:
         return pipeline("image-classification", model=str(model_dir), device="cpu"), "pipeline(model=FOLDER)"
     except Exception as exc:  # noqa: BLE001 - any failure here means: try the mended config
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:60]
     config = TimmWrapperConfig.from_pretrained(model_dir)
     # timm records num_classes in model_args and TimmWrapper passes num_classes=num_labels as well:
     # "got multiple values for keyword argument 'num_classes'" in transformers 5.x.
@@ -217,7 +217,9 @@ def measure_in_process(args: argparse.Namespace, model_dir: Path, paths: list[st
         try:
             loaded = load_model(resolve(str(model_dir), CLASSIFY), CLASSIFY, "cpu", precision)
             task = ClassifyTask(loaded, top_k=TOP_K)
-            result.model_only = time_model_only(task, preprocess_one(task, paths[0], True), args.batch_size, len(paths))
+            sample = preprocess_one(task, paths[0], True)
+            result.model_only = statistics.median(time_model_only(task, sample, args.batch_size, len(paths))
+                                                  for _ in range(args.repeats))
             consume_records(run(task, items[:args.batch_size], options))  # warm-up
             result.end_to_end = statistics.median(
                 len(paths) / timed(lambda: consume_records(run(task, items, options))) for _ in range(args.repeats))
