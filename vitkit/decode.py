@@ -142,6 +142,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode == "RGB":
             return image
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        if image.mode == "La":  # premultiplied grey: Pillow converts it to LA and nothing else
+            image = image.convert("LA")
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
