@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from vitkit.data import Batch, Sample, iterate_batches, move_to_device, slice_inputs
+from vitkit.data import Batch, Sample, default_workers, iterate_batches, move_to_device, slice_inputs
 from vitkit.decode import DEFAULT_MAX_PIXELS, DecodeOptions
 from vitkit.discover import InputItem
 from vitkit.pixels import DeviceNormalize, split_normalize
@@ -32,7 +32,8 @@ def run(task: Task, items: Sequence[InputItem], options: RunOptions = RunOptions
     reporter = reporter or Reporter(quiet=True)
     decode_options = DecodeOptions(task.draft_size if options.draft else None, options.max_pixels)
     preprocess, normalize = split_normalize(task.preprocess)
-    batches = iterate_batches(items, preprocess, options.batch_size, options.workers, decode_options,
+    workers = default_workers(task.model.device.type == "cpu") if options.workers is None else options.workers
+    batches = iterate_batches(items, preprocess, options.batch_size, workers, decode_options,
                               pin_memory=task.model.device.type == "cuda",
                               collate_inputs=getattr(task, "collate_inputs", None))
     inference = BatchInference(task, reporter, normalize)
