@@ -244,6 +244,7 @@ def test_unreadable_file_and_folder_are_reported_not_skipped(tiny_timm_dir: Path
                 (str(tmp_path / "locked.jpg"), "cannot read: permission denied")]
     assert [(r["path"], r.get("error")) for r in records] == [*expected, (str(tmp_path / "ok.jpg"), None)]
     assert error_lines(result.stderr) == [f"error: {path}: {reason}" for path, reason in expected]
+    assert "2 of 3 inputs failed (2 unreadable)" in result.stderr
 
 
 def test_hostile_file_names_stay_exact_in_json_csv_and_html(tiny_open_clip_dir: Path, tmp_path: Path,

@@ -57,7 +57,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         item = self.items[index]
         if item.problem:
-            return Sample(index, item.path, error=item.problem, error_kind="missing")
+            return Sample(index, item.path, error=item.problem, error_kind=item.problem_kind)
         try:
             decoded = decode_image(item.path, self.decode_options)
             inputs = self.preprocess(decoded.image)

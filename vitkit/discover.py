@@ -24,6 +24,7 @@ _GLOB_CHARS = frozenset("*?[")
 class InputItem:
     path: str  # as given, or joined onto the folder as given
     problem: str | None = None  # set when the path cannot even be opened as an input
+    problem_kind: str = "missing"  # the error kind reported for `problem` (summary counts group by it)
 
 
 def is_image_name(name: str) -> bool:
@@ -89,7 +90,7 @@ def _walk(folder: str, visited_dirs: set[tuple[int, int]]) -> Iterator[InputItem
     try:
         stat = os.stat(folder)
     except OSError as exc:
-        yield InputItem(folder, f"cannot read folder: {exc.strerror or exc}")
+        yield InputItem(folder, f"cannot read folder: {exc.strerror or exc}", "unreadable")
         return
     identity = (stat.st_dev, stat.st_ino)
     if identity in visited_dirs:
@@ -99,7 +100,7 @@ def _walk(folder: str, visited_dirs: set[tuple[int, int]]) -> Iterator[InputItem
         with os.scandir(folder) as scanner:
             entries = sorted(scanner, key=lambda entry: entry.name)
     except OSError as exc:
-        yield InputItem(folder, f"cannot read folder: {exc.strerror or exc}")
+        yield InputItem(folder, f"cannot read folder: {exc.strerror or exc}", "unreadable")
         return
     for entry in entries:
         if is_hidden(entry.name):

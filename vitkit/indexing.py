@@ -199,7 +199,7 @@ def _embed_for_main(context: "RankContext", task: EmbedTask, options: RunOptions
 def _report_problems(items: list[InputItem], reporter: Reporter) -> None:
     for item in items:
         if item.problem:
-            reporter.input_failed(item.path, item.problem, "missing")
+            reporter.input_failed(item.path, item.problem, item.problem_kind)
 
 
 def _stat_all(items: list[InputItem], reporter: Reporter) -> dict[str, FileState]:
