@@ -182,3 +182,12 @@ def test_only_the_non_finite_batch_is_rerun(tiny_timm_dir: Path, inputs: list[In
 ])
 def test_non_finite_outputs_are_found_in_any_structure(outputs: Any, expected: bool) -> None:
     assert has_non_finite(outputs) is expected
+
+
+def test_default_batch_size_grows_on_a_gpu_and_an_explicit_one_is_kept() -> None:
+    # The device objects only name a device type; nothing is allocated, so this runs without a GPU.
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    detect_default = RunOptions(default_batch_size=4)
+    assert (detect_default.batch_size_for(cpu), detect_default.batch_size_for(cuda)) == (4, 16)
+    explicit = RunOptions(batch_size=3, default_batch_size=4)
+    assert (explicit.batch_size_for(cpu), explicit.batch_size_for(cuda)) == (3, 3)

@@ -219,10 +219,11 @@ def _embed(task: EmbedTask, to_embed: Sequence[tuple[str, str]], options: RunOpt
     """Yield (path, hash, vector or None, width, height) in batches of the run's batch size."""
     digests = dict(to_embed)
     batch: list[tuple] = []
+    batch_size = options.batch_size_for(task.model.device)
     for record in run(task, [InputItem(path) for path, _ in to_embed], options, reporter):
         vector = record.fields.get("embedding") if record.ok else None
         batch.append((record.path, digests[record.path], vector, record.width, record.height))
-        if len(batch) >= options.batch_size:
+        if len(batch) >= batch_size:
             yield batch
             batch = []
     if batch:

@@ -18,12 +18,23 @@ from vitkit.report import Reporter
 from vitkit.tasks.base import Task
 
 
+# Without --batch-size a GPU gets this many times a command's CPU batch: a GPU needs big batches to
+# stay busy, and the out-of-memory back-off below halves them where memory is short.
+GPU_BATCH_FACTOR = 4
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    batch_size: int = 16
+    batch_size: int | None = None  # None: default_batch_size, scaled up on a GPU
     workers: int | None = None  # None: a default suited to this machine
     draft: bool = True  # reduced-scale JPEG decoding when the model input is much smaller than the image
     max_pixels: int = DEFAULT_MAX_PIXELS
+    default_batch_size: int = 16  # the command's own default on CPU
+
+    def batch_size_for(self, device: torch.device) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return self.default_batch_size * (GPU_BATCH_FACTOR if device.type == "cuda" else 1)
 
 
 def run(task: Task, items: Sequence[InputItem], options: RunOptions = RunOptions(),
@@ -33,7 +44,7 @@ def run(task: Task, items: Sequence[InputItem], options: RunOptions = RunOptions
     decode_options = DecodeOptions(task.draft_size if options.draft else None, options.max_pixels)
     preprocess, normalize = split_normalize(task.preprocess)
     workers = default_workers(task.model.device.type == "cpu") if options.workers is None else options.workers
-    batches = iterate_batches(items, preprocess, options.batch_size, workers, decode_options,
+    batches = iterate_batches(items, preprocess, options.batch_size_for(task.model.device), workers, decode_options,
                               pin_memory=task.model.device.type == "cuda",
                               collate_inputs=getattr(task, "collate_inputs", None))
     inference = BatchInference(task, reporter, normalize)

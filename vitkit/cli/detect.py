@@ -32,7 +32,7 @@ def detect(
     output: o.Output = None,
     device: o.Device = "auto",
     precision: o.Precision = "auto",
-    batch_size: o.BatchSize = 4,
+    batch_size: o.BatchSize = None,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
@@ -55,5 +55,5 @@ def detect(
     loaded = load_model(resolve(model, DETECT), DETECT, device, precision, offline, compile=compile_model)
     task = DetectTask(loaded, DetectOptions(threshold, wanted, max_detections, out_dir), [i.path for i in items])
     sinks = [CocoResultsSink(coco, task.id2label)] if coco else []
-    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
+    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels, default_batch_size=4),
                   OutputOptions(format, output, quiet, html), sinks)

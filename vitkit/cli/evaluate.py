@@ -27,7 +27,7 @@ def eval_detect(
     format: o.Format = "auto",
     device: o.Device = "auto",
     precision: o.Precision = "auto",
-    batch_size: o.BatchSize = 4,
+    batch_size: o.BatchSize = None,
     workers: o.Workers = None,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
@@ -50,7 +50,7 @@ def eval_detect(
     task = DetectTask(load_model(resolve(model, DETECT), DETECT, device, precision, offline, compile=compile_model),
                       DetectOptions(threshold=threshold, max_detections=100))
     reporter = Reporter(quiet=quiet)
-    result = evaluate_detector(task, ground_truth, images_dir, RunOptions(batch_size, workers, not no_draft), reporter)
+    result = evaluate_detector(task, ground_truth, images_dir, RunOptions(batch_size, workers, not no_draft, default_batch_size=4), reporter)
     if result.unmatched_labels:
         reporter.message(f"warning: {len(result.unmatched_labels)} model labels match no ground-truth category")
     m = result.metrics

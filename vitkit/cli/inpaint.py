@@ -47,7 +47,7 @@ def inpaint(
     output: o.Output = None,
     device: o.Device = "auto",
     precision: o.Precision = "auto",
-    batch_size: o.BatchSize = 8,
+    batch_size: o.BatchSize = None,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
@@ -69,5 +69,5 @@ def inpaint(
     items = collect_inputs(inputs, files_from, null, shard)
     loaded = load_model(resolve(model, INPAINT), INPAINT, device, precision, offline, compile=compile_model)
     task = InpaintTask(loaded, options, [i.path for i in items])
-    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
+    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels, default_batch_size=8),
                   OutputOptions(format, output, quiet))

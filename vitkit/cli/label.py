@@ -41,7 +41,7 @@ def label(
     output: o.Output = None,
     device: o.Device = "auto",
     precision: o.Precision = "auto",
-    batch_size: o.BatchSize = o.DEFAULT_BATCH_SIZE,
+    batch_size: o.BatchSize = None,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,

@@ -33,7 +33,9 @@ Compile = Annotated[bool, typer.Option(
 Shard = Annotated[Optional[str], typer.Option(
     "--shard", metavar="I/N", help="Process only shard I of N (0-based, contiguous slices of the sorted inputs); "
     "for SLURM arrays and shell loops.", show_default=False)]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
+BatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", min=1, help="Images per forward pass. Default: the command's own on CPU "
+    "(16; detect and segment 4, inpaint 8), 4x that on a GPU.", show_default=False)]
 Workers = Annotated[Optional[int], typer.Option(
     "--workers", min=0, help="Decoding processes (0 decodes in the main process). Default: suited to this machine.",
     show_default=False)]

@@ -35,7 +35,7 @@ def search(
     output: o.Output = None,
     device: o.Device = "auto",
     precision: o.Precision = "auto",
-    batch_size: o.BatchSize = o.DEFAULT_BATCH_SIZE,
+    batch_size: o.BatchSize = None,
     workers: o.Workers = None,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,

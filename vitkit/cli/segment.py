@@ -42,7 +42,7 @@ def segment(
     output: o.Output = None,
     device: o.Device = "auto",
     precision: o.Precision = "auto",
-    batch_size: o.BatchSize = 4,
+    batch_size: o.BatchSize = None,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
     no_draft: o.NoDraft = False,
@@ -63,5 +63,5 @@ def segment(
     items = collect_inputs(inputs, files_from, null, shard)
     loaded = load_model(resolve(model or DEFAULT_SEGMENT_MODELS[mode], SEGMENT), SEGMENT, device, precision, offline, compile=compile_model)
     task = SegmentTask(loaded, options, [i.path for i in items])
-    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
+    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels, default_batch_size=4),
                   OutputOptions(format, output, quiet))
