@@ -31,7 +31,7 @@ Precision = Annotated[Literal["auto", "fp32", "fp16", "bf16", "int8"], typer.Opt
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model (slow first batch, faster after; worth it for large runs).")]
 Shard = Annotated[Optional[str], typer.Option(
-    "--shard", metavar="I/N", help="Process only shard I of N (0-based, contiguous slices of the sorted inputs); "
+    "--shard", metavar="I/N", help="Process only shard I of N (0-based, contiguous slices of the inputs in input order); "
     "for SLURM arrays and shell loops.", show_default=False)]
 BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", "-b", min=1, help="Images per forward pass. Default: the command's own on CPU "
