@@ -37,7 +37,7 @@ class BenchOptions:
     model: str | None = None  # None: the classify default
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: 16, or 64 on a GPU (the commands' default)
     images: int = 64
     size: tuple[int, int] = (1920, 1080)  # (width, height) of the generated JPEGs
     run: RunOptions | None = None  # workers, draft, max pixels; batch size comes from batch_size
@@ -100,22 +100,23 @@ def build_bench_task(loaded: LoadedModel, capability: str) -> Any:
 def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchResult:
     """Load the model, generate the images, then time the model alone and the full path."""
     reporter = reporter or Reporter(quiet=True)
-    if options.images < 1 or options.batch_size < 1:
+    if options.images < 1 or (options.batch_size is not None and options.batch_size < 1):
         raise UsageError("--images and --batch-size must be at least 1")
     spec, capability = resolve_bench_model(options.model)
     loaded = load_model(spec, capability, options.device, options.precision, options.offline, compile=options.compile)
     task = build_bench_task(loaded, capability)
-    run_options = replace(options.run or RunOptions(), batch_size=options.batch_size)
+    batch_size = RunOptions(options.batch_size).batch_size_for(loaded.device)
+    run_options = replace(options.run or RunOptions(), batch_size=batch_size)
     width, height = options.size
     with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as folder:
         reporter.message(f"generating {options.images} JPEGs of {width}x{height}")
         paths = write_synthetic_jpegs(folder, options.images, options.size, options.seed)
         sample = preprocess_one(task, paths[0], run_options.draft)
         reporter.message("timing the model alone")
-        model_only = time_model_only(task, sample, options.batch_size, options.images)
+        model_only = time_model_only(task, sample, batch_size, options.images)
         reporter.message("timing end to end (decode, preprocess, model, records)")
         end_to_end = time_end_to_end(task, [InputItem(p) for p in paths], run_options)
-    return BenchResult(spec.id, capability, str(loaded.device), precision_name(options.precision, loaded), options.batch_size,
+    return BenchResult(spec.id, capability, str(loaded.device), precision_name(options.precision, loaded), batch_size,
                        options.images, f"{width}x{height}", model_only, end_to_end)
 
 

@@ -16,7 +16,7 @@ def bench(
     model: o.Model = None,
     device: o.Device = "auto",
     precision: o.Precision = "auto",
-    batch_size: o.BatchSize = o.DEFAULT_BATCH_SIZE,
+    batch_size: o.BatchSize = None,
     images: Images = 64,
     size: Size = "1920x1080",
     workers: o.Workers = None,

@@ -49,5 +49,4 @@ Html = Annotated[Optional[str], typer.Option(
     "--html", metavar="FILE", help="Also write a self-contained HTML contact sheet of the results.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, warnings or per-file error lines on stderr.")]
 
-DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_PIXELS_VALUE = DEFAULT_MAX_PIXELS
