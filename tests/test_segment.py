@@ -413,3 +413,13 @@ def test_each_mode_defaults_to_its_catalogue_model(mode: str, alias: str) -> Non
     result = runner.invoke(app, ["segment", str(SAMPLE_DATA / "chelsea.jpg"), "--mode", mode,
                                  *(["--prompt", "a cat"] if mode == "text" else [])])
     assert result.exit_code == 3 and f"vitkit models pull {alias}" in result.stderr
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_segformer_dir", "tiny_mask2former_dir", "tiny_detr_panoptic_dir"])
+def test_int8_runs_every_segmentation_model(model_fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """DETR's panoptic attention map reads a Linear layer's `.weight` directly; that layer stays fp32."""
+    mode = "semantic" if model_fixture == "tiny_segformer_dir" else "panoptic"
+    code, records, stderr = segment(str(SAMPLE_DATA / "chelsea.jpg"), "--mode", mode, "--precision", "int8",
+                                    "--model", str(request.getfixturevalue(model_fixture)), "--out-dir", str(tmp_path))
+    assert code == 0, stderr
+    assert len(records) == 1 and Path(records[0]["mask"]).is_file()

@@ -6,6 +6,8 @@ The loader applies these; tasks never see the difference (attribute access such 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import warnings
 
@@ -20,25 +22,47 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
 
     Convolutions, norms and attention's fused projections (nn.MultiheadAttention) stay fp32.
     """
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     # oneDNN runs int8 matmuls on AMX tiles where the CPU has them: measured 1.5x faster than the
     # default x86/fbgemm engine for ViT-S/16 on a Sapphire Rapids core pair.
-    if torch.cpu._is_amx_tile_supported() and "onednn" in torch.backends.quantized.supported_engines:
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() and "onednn" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "onednn"
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated (torchao replaces it) but still the only int8 path that
         # needs no extra package; the user chose int8, so the deprecation is ours to track, not theirs.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated", category=UserWarning)
-        quantized = quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+        quantized = quantize_dynamic(module, {name: default_dynamic_qconfig for name in quantizable_linears(module)},
+                                     dtype=torch.qint8)
     for layer in quantized.modules():
         if isinstance(layer, DynamicLinear):
             # open_clip reads the text tower's cast dtype from its first MLP's weight, which is a method
             # on quantised layers; this attribute is open_clip's own hook for int8 layers.
             layer.int8_original_dtype = torch.float32
     return quantized
+
+
+def quantizable_linears(module: torch.nn.Module) -> list[str]:
+    """Names of the nn.Linear layers that can become int8: all but those whose parent's forward reads
+    the layer's `.weight` itself (DETR's panoptic attention map does), since on a quantised layer
+    `weight` is a method and such code would break mid-run."""
+    names = []
+    for parent_name, parent in module.named_modules():
+        source = _forward_source(type(parent))
+        for child_name, child in parent.named_children():
+            if isinstance(child, torch.nn.Linear) and f"self.{child_name}.weight" not in source:
+                names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    return names
+
+
+@functools.cache
+def _forward_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):  # built-in or generated code: nothing to read, nothing reads weights
+        return ""
 
 
 def compile_hot_module(module: torch.nn.Module, backend: str) -> None:
