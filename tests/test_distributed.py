@@ -30,11 +30,11 @@ def vitkit(*args: str) -> subprocess.CompletedProcess:
                           env=_env(), timeout=300)
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node 2 -m vitkit ...`: a free port is picked by the rendezvous."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "vitkit", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=timeout, input=input)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,28 @@ def test_torchrun_classify_matches_single_process(classify_args: tuple[str, ...]
     # The last file falls to rank 1, which reports it itself; rank 0 counts it in the job's summary.
     assert f"[rank 1] error: {photos / 'zz_truncated.jpg'}: " in result.stderr
     assert "4 of 10 inputs failed" in result.stderr
+
+
+def test_torchrun_reads_files_from_stdin_once_and_a_rank_may_have_nothing(single_classify: list[dict],
+                                                                         tiny_timm_dir: Path) -> None:
+    """Only rank 0 reads --files-from - (the ranks share one stdin) and sends the list on; with a
+    single input, rank 1 gets no inputs and must still take part and exit cleanly."""
+    paths = [r["path"] for r in single_classify]
+    common = ("--model", str(tiny_timm_dir), "-f", "jsonl", "--top-k", "3", *BATCH)
+    from_stdin = torchrun("classify", "--files-from", "-", *common, input="\n".join(paths) + "\n")
+    assert from_stdin.returncode == 1, from_stdin.stderr
+    assert parse_jsonl(from_stdin.stdout) == single_classify
+    first_good = next(r for r in single_classify if "error" not in r)
+    one_input = torchrun("classify", first_good["path"], *common)
+    assert one_input.returncode == 0, one_input.stderr
+    assert parse_jsonl(one_input.stdout) == [first_good]
+
+
+def test_one_process_commands_refuse_torchrun(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
+    result = torchrun("search", "--text", "a cat", "--model", str(tiny_open_clip_dir), "--index", str(tmp_path),
+                      timeout=120)
+    assert result.returncode != 0
+    assert "`vitkit search` does not run under torchrun" in result.stderr
 
 
 def _index_contents(folder: Path) -> tuple[list[str], np.ndarray]:

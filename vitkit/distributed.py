@@ -167,3 +167,10 @@ def _leave() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def refuse_launch(command: str, hint: str) -> None:
+    """For commands that are one process's job (a search, an evaluation, a benchmark): under torchrun
+    every rank would print its own copy of the results, or wait for collectives that never come."""
+    if is_launched():
+        raise UsageError(f"`vitkit {command}` does not run under torchrun", hint=hint)

@@ -31,9 +31,12 @@ def bench(
     Example: vitkit bench --model vit-s16 --batch-size 32 --images 128 --size 4000x3000
     """
     from vitkit.bench import COLUMNS, BenchOptions, parse_size, run_bench  # torch loads here
+    from vitkit.distributed import refuse_launch
     from vitkit.report import Reporter
     from vitkit.runner import RunOptions
     from vitkit.writers import resolve_format, write_listing
+
+    refuse_launch("bench", "run it as one process, once per GPU with --device cuda:N")
 
     options = BenchOptions(model, device, precision, batch_size, images, parse_size(size),
                            RunOptions(batch_size, workers, not no_draft), offline, compile_model)

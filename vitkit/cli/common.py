@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 import typer
 
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from vitkit.runner import RunOptions
     from vitkit.tasks.base import Task
 
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,31 @@ class OutputOptions:
 
 def collect_inputs(paths: list[str] | None, files_from: str | None, null_separated: bool,
                    shard: str | None = None) -> list[InputItem]:
+    """The inputs this process works on: all of them, --shard's slice, and under torchrun this rank's
+    part of that. Under torchrun only rank 0 discovers them (stdin can be read once, and a folder
+    changing mid-scan must not give ranks different lists) and sends the list to the others."""
+    from vitkit.distributed import get_context
+    from vitkit.sharding import apply_shard
+
+    context = get_context()
+    if context is None:
+        items = discover_all(paths, files_from, null_separated)
+    elif context.is_main:
+        try:
+            items = discover_all(paths, files_from, null_separated)
+        except BaseException:
+            context.broadcast(None)  # the other ranks stop too instead of waiting for a list
+            raise
+        context.broadcast(items)
+    else:
+        items = context.broadcast(None)
+        if items is None:
+            raise UsageError("rank 0 could not gather the inputs", hint="its error is on stderr")
+    items = apply_shard(items, shard)
+    return context.shard(items) if context is not None else items
+
+
+def discover_all(paths: list[str] | None, files_from: str | None, null_separated: bool) -> list[InputItem]:
     if not paths and files_from is None:
         raise UsageError("no inputs given", hint="pass image files or folders, or --files-from FILE (- for stdin)")
     if null_separated and files_from is None:
@@ -39,18 +63,7 @@ def collect_inputs(paths: list[str] | None, files_from: str | None, null_separat
     if not items:
         where = ", ".join(paths or []) or files_from or ""
         raise UsageError(f"no images found in {where}", hint="folders are searched for image extensions; name files directly to try others")
-    return shard_items(items, shard)
-
-
-def shard_items(items: list[T], shard: str | None) -> list[T]:
-    """--shard picks this machine's slice, then under torchrun this rank's part of it: both contiguous,
-    so outputs concatenated in (shard, rank) order are in input order."""
-    from vitkit.distributed import get_context
-    from vitkit.sharding import apply_shard
-
-    items = apply_shard(items, shard)
-    context = get_context()
-    return context.shard(items) if context is not None else items
+    return items
 
 
 class RecordSink(Protocol):

@@ -39,12 +39,15 @@ def eval_detect(
     Example: vitkit eval detect --coco-gt instances_val2017.json val2017/
     """
     from vitkit.detect_eval import evaluate_detector
+    from vitkit.distributed import refuse_launch
     from vitkit.evaluation import load_coco_ground_truth
     from vitkit.loading import load_model
     from vitkit.report import Reporter
     from vitkit.runner import RunOptions
     from vitkit.tasks.detect import DetectOptions, DetectTask
     from vitkit.writers import resolve_format, write_listing
+
+    refuse_launch("eval detect", "run it as one process; `vitkit detect` runs under torchrun")
 
     ground_truth = load_coco_ground_truth(coco_gt)
     task = DetectTask(load_model(resolve(model, DETECT), DETECT, device, precision, offline, compile=compile_model),

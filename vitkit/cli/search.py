@@ -47,11 +47,14 @@ def search(
     Example: vitkit search --text "a dog on a beach" ~/Pictures -k 5
     """
     from vitkit.cli.common import write_sheet
+    from vitkit.distributed import refuse_launch
     from vitkit.indexing import IndexOptions
     from vitkit.report import Reporter
     from vitkit.runner import RunOptions
     from vitkit.searching import SEARCH_LAYOUT, search_images
     from vitkit.writers import open_output, open_writer, resolve_format
+
+    refuse_launch("search", "build the index under torchrun (`vitkit index`), then search in one process")
 
     if bool(text) == bool(image):
         raise UsageError("give one query: --text 'a dog on a beach' or --image FILE")
