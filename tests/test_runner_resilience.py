@@ -191,3 +191,26 @@ def test_default_batch_size_grows_on_a_gpu_and_an_explicit_one_is_kept() -> None
     assert (detect_default.batch_size_for(cpu), detect_default.batch_size_for(cuda)) == (4, 16)
     explicit = RunOptions(batch_size=3, default_batch_size=4)
     assert (explicit.batch_size_for(cpu), explicit.batch_size_for(cuda)) == (3, 3)
+
+
+def test_batches_grow_back_after_a_stretch_without_out_of_memory(
+        tiny_timm_dir: Path, inputs: list[InputItem], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One out-of-memory batch (a huge padded image, say) must not keep a long run at small batches."""
+    from vitkit.runner import REGROW_AFTER_BATCHES
+
+    good = [item for item in inputs if BROKEN_SAMPLES[0] not in item.path]
+    items = good * 8  # 48 inputs: 12 batches of 4
+    task = classify_task(tiny_timm_dir)
+    clean = records_of(task, items)
+    failed_once: list[bool] = []
+
+    def out_of_memory_once(original: Callable, images: Any) -> Any:
+        if not failed_once and len(images) > 2:
+            failed_once.append(True)
+            raise torch.OutOfMemoryError("CUDA out of memory (test double: first big batch only)")
+        return original(images)
+
+    sizes = wrap_forward(monkeypatch, task, out_of_memory_once)
+    assert_same_records(records_of(task, items), clean)
+    # The failed batch runs in halves, the next REGROW_AFTER_BATCHES at the reduced size, the rest at 4 again.
+    assert sizes == [4, 2, 2] + [2, 2] * REGROW_AFTER_BATCHES + [4] * (11 - REGROW_AFTER_BATCHES)

@@ -77,6 +77,7 @@ def _records_for_batch(inference: "BatchInference", batch: Batch, reporter: Repo
 
 
 OUT_OF_MEMORY = "out of GPU memory, even alone in a batch"
+REGROW_AFTER_BATCHES = 8
 
 
 class BatchInference:
@@ -92,6 +93,7 @@ class BatchInference:
         self.reporter = reporter
         self.normalize = normalize
         self.max_batch: int | None = None  # set by the first out-of-memory: the largest size known to fit
+        self.batches_since_out_of_memory = 0
         self.warned_non_finite = False
 
     def __call__(self, inputs: Any, samples: list[Sample]) -> list[dict | None]:
@@ -101,7 +103,18 @@ class BatchInference:
             stop = start + size
             results += self._fitting(slice_inputs(inputs, start, stop) if size < len(samples) else inputs,
                                      samples[start:stop])
+        self._maybe_regrow()
         return results
+
+    def _maybe_regrow(self) -> None:
+        """One huge image (a padded detection batch, say) must not leave the rest of a long run at a
+        batch of 1: after a stretch without out-of-memory errors, try twice the size again."""
+        if self.max_batch is None:
+            return
+        self.batches_since_out_of_memory += 1
+        if self.batches_since_out_of_memory >= REGROW_AFTER_BATCHES:
+            self.max_batch *= 2
+            self.batches_since_out_of_memory = 0
 
     def _fitting(self, inputs: Any, samples: list[Sample]) -> list[dict | None]:
         try:
@@ -117,6 +130,7 @@ class BatchInference:
             self.reporter.message(f"warning: out of GPU memory with a batch of {len(samples)}; "
                                   f"retrying it in halves and running smaller batches from now on")
         self.max_batch = min(self.max_batch or half, half)
+        self.batches_since_out_of_memory = -1  # this batch does not count towards growing again
         return (self._fitting(slice_inputs(inputs, 0, half), samples[:half])
                 + self._fitting(slice_inputs(inputs, half, len(samples)), samples[half:]))
 
