@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
@@ -15,13 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitkit.errors import IndexLockedError, IndexModelMismatchError, IndexSchemaError
+from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError, IndexSchemaError
 from vitkit.index import (
     DB_NAME,
     SCHEMA_VERSION,
     FileState,
     IndexStats,
     VectorIndex,
+    _write_errors,
     content_hash,
     file_state,
 )
@@ -446,3 +448,104 @@ def test_sql_metacharacters_in_paths_are_literal(tmp_path: Path) -> None:
         assert [h.path for h in index.search(vectors[0], k=10, under=[str(tmp_path / "%")])[0]] == [str(percent)]
         assert index.remove_missing([], [str(tmp_path / "d_")]) == len(names)
         assert index.known_paths() == {str(lookalike), str(percent)}
+
+
+# --- write failures ------------------------------------------------------------------------------
+
+
+class _FullDiskAtCommit:
+    """A connection whose COMMIT fails as SQLite's does on a full disk; everything else goes to the real one."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        self.statements.append(sql)
+        if sql == "COMMIT":
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise error
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_failed_commit_rolls_back_and_leaves_the_index_as_it_was(tmp_path: Path) -> None:
+    paths = make_photos(tmp_path / "photos", 3)
+    vectors = unit_vectors(3)
+    build(tmp_path / "idx", paths[:1], vectors[:1])
+    with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
+        real = index._conn
+        index._conn = failing = _FullDiskAtCommit(real)
+        full = f"^cannot write to index {tmp_path / 'idx'}: database or disk is full$"
+        with pytest.raises(IndexError_, match=full) as caught:
+            index.add(entries_for(paths[1:], vectors[1:]))
+        assert caught.value.hint.startswith("free some space")
+        assert failing.statements[-2:] == ["COMMIT", "ROLLBACK"] and not real.in_transaction
+        index._conn = real
+    with VectorIndex.open_for_reading(tmp_path / "idx", MODEL) as index:
+        assert index.known_paths() == {str(paths[0])}
+        [[hit]] = index.search(vectors[0], k=5)
+        assert hit.path == str(paths[0]) and hit.score == pytest.approx(1.0, abs=1e-3)
+    with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:  # the garbage rows cost nothing
+        index.add(entries_for(paths[1:], vectors[1:]))
+        assert index.stats().files == 3
+
+
+def _real_sqlite_error(folder: Path, cause: str) -> sqlite3.OperationalError:
+    """The error SQLite itself raises (with its result code) for a busy or a read-only database."""
+    folder.mkdir()
+    sqlite3.connect(folder / "db").execute("CREATE TABLE t (x)")
+    holder = sqlite3.connect(folder / "db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(f"{(folder / 'db').as_uri()}{'?mode=ro' if cause == 'readonly' else ''}", uri=True,
+                            timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE" if cause == "busy" else "INSERT INTO t VALUES (1)")
+    except sqlite3.OperationalError as e:
+        return e
+    finally:
+        other.close()
+        holder.close()
+    raise AssertionError(f"SQLite raised nothing for {cause}")
+
+
+@pytest.mark.parametrize(("cause", "reason", "hint"), [
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device", "free some space"),
+    (OSError(errno.EFBIG, "File too large"), "File too large", "free some space"),
+    (PermissionError(errno.EACCES, "Permission denied"), "Permission denied", "check the index folder's permissions"),
+    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system", "check the index folder's permissions"),
+    (OSError(errno.EIO, "Input/output error"), "Input/output error", "check the index folder and its disk"),
+    ("busy", "database is locked", "another program is using the index database"),
+    ("readonly", "attempt to write a readonly database", "check the index folder's permissions"),
+])
+def test_write_failures_get_the_hint_for_their_cause(cause: OSError | str, reason: str, hint: str,
+                                                      tmp_path: Path) -> None:
+    error = _real_sqlite_error(tmp_path / "sqlite", cause) if isinstance(cause, str) else cause
+    with pytest.raises(IndexError_, match=f"^cannot write to index {tmp_path}: {reason}$") as caught:
+        with _write_errors(tmp_path):
+            raise error
+    assert caught.value.hint.startswith(hint)
+    assert caught.value.hint.endswith("; every batch finished before this is kept")
+
+
+def test_closing_after_an_error_keeps_that_error_and_releases_the_lock(tmp_path: Path) -> None:
+    class FailingClose:  # a vector file whose close fails, as on a disk that has gone away
+        def __init__(self, file: object) -> None:
+            self.file = file
+
+        def close(self) -> None:
+            self.file.close()
+            raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(ValueError, match="the original error"):
+        with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
+            index._file = FailingClose(index._file)
+            raise ValueError("the original error")
+    index = VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM)  # the lock was released
+    index._file = FailingClose(index._file)
+    with pytest.raises(IndexError_, match="cannot write to index .*: Input/output error"):
+        index.close()  # with nothing else going wrong, the failure is reported, typed
+    VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM).close()

@@ -329,7 +329,8 @@ def test_full_disk_keeps_the_index_as_it_was(tiny_open_clip_dir: Path, tmp_path:
                              str(tiny_open_clip_dir), "--index", str(index), "--workers", "0")
     assert result.returncode == 2
     # SQLite's shared-memory file is 32 KiB, so the limit usually stops SQLite ("disk I/O error") before
-    # the vector file; either way it is one line naming the index.
+    # the vector file; either way it is one line naming the index. The vector append itself is reached by
+    # test_a_full_disk_during_a_vector_write_leaves_the_index_as_it_was, the commit by test_index.py.
     assert only_line(result.stderr).startswith((f"vitkit: error: cannot use index {index}: ",
                                                 f"vitkit: error: cannot write to index {index}: "))
     search = runner.invoke(app, ["search", "--text", "a cat", "--model", str(tiny_open_clip_dir), "--index",
@@ -479,26 +480,42 @@ def test_a_preprocess_failure_is_that_files_error(tmp_path: Path) -> None:
     assert sample.error == "cannot preprocess: ValueError: cannot resize to 0 pixels"
 
 
-def test_a_failed_vector_write_leaves_the_index_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The append path of a full disk, which a file-size limit cannot reach before SQLite's own files."""
-    import errno
+_FULL_DISK_WRITER = """
+import os, resource, signal, sys
+import numpy as np
+from vitkit.index import FileState, VectorIndex
+folder, dim = sys.argv[1], int(sys.argv[2])
+try:
+    with VectorIndex.open_for_writing(folder, "test-model", dim) as index:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        limit = os.path.getsize(os.path.join(folder, "vectors.f16")) + 100
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        index.add([(FileState(f"/photos/new{i}.jpg", 1, 1), f"hash-new{i}", np.full(dim, i + 1.0), 1, 1)
+                   for i in range(3)])
+except BaseException as exc:  # what gets past __exit__ and close
+    print(type(exc).__module__, type(exc).__name__, exc, sep=": ")
+    sys.exit(1)
+"""
 
-    from vitkit.errors import IndexError_
-    from vitkit.index import VectorIndex, file_state
 
-    for name in ("a.jpg", "b.jpg"):
-        shutil.copy(GOOD[0] if name == "a.jpg" else GOOD[1], tmp_path / name)
-    vector = np.ones(4, dtype=np.float32)
-    with VectorIndex.open_for_writing(tmp_path / "index", "test-model", 4) as index:
-        index.add([(file_state(str(tmp_path / "a.jpg")), "hash-a", vector, 1, 1)])
+def test_a_full_disk_during_a_vector_write_leaves_the_index_as_it_was(tmp_path: Path) -> None:
+    """A file-size limit set after a successful open reaches the vector append itself (set before, SQLite's
+    32 KiB -shm file hits it first). 3 rows of dim 512 fit in a write buffer, so a buffered write would
+    fail only at flush, then again in the cleanup and in close, ending in a raw OSError."""
+    from vitkit.index import FileState, VectorIndex
 
-        def disk_full(data: Any) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        monkeypatch.setattr(index._file, "write", disk_full)
-        with pytest.raises(IndexError_, match="cannot write to index .*: No space left on device") as info:
-            index.add([(file_state(str(tmp_path / "b.jpg")), "hash-b", -vector, 1, 1)])
-        assert "free some space" in info.value.hint
-    with VectorIndex.open_for_reading(tmp_path / "index", "test-model") as index:
-        assert index.known_paths() == {os.path.abspath(tmp_path / "a.jpg")}
-        assert index.search(vector, k=5)[0][0].score == pytest.approx(1.0, abs=1e-3)
+    dim, folder = 512, tmp_path / "index"
+    vector = np.ones(dim, dtype=np.float32)
+    with VectorIndex.open_for_writing(folder, "test-model", dim) as index:
+        index.add([(FileState("/photos/a.jpg", 1, 1), "hash-a", vector, 1, 1)])
+    child = subprocess.run([sys.executable, "-c", _FULL_DISK_WRITER, str(folder), str(dim)], capture_output=True,
+                           text=True, env=os.environ.copy(), timeout=120)
+    assert child.returncode == 1, child.stderr
+    assert child.stdout.splitlines() == [f"vitkit.errors: IndexError_: cannot write to index {folder}: File too large"]
+    with VectorIndex.open_for_reading(folder, "test-model") as index:
+        assert index.known_paths() == {"/photos/a.jpg"}
+        [[hit]] = index.search(vector, k=5)
+        assert hit.path == "/photos/a.jpg" and hit.score == pytest.approx(1.0, abs=1e-3)
+    with VectorIndex.open_for_writing(folder, "test-model", dim) as index:  # and it recovers once there is room
+        index.add([(FileState("/photos/b.jpg", 1, 1), "hash-b", -vector, 1, 1)])
+        assert index.known_paths() == {"/photos/a.jpg", "/photos/b.jpg"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import fcntl
 import hashlib
+import io
 import os
 import re
 import sqlite3
@@ -27,11 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError, IndexSchemaError
+from vitkit.outputs import NO_SPACE, NOT_WRITABLE, get_write_failure_kind
 
 if TYPE_CHECKING:
     import torch
@@ -259,6 +261,26 @@ def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> It
         raise
 
 
+_BUSY = "busy"
+_SQLITE_KINDS = {sqlite3.SQLITE_FULL: NO_SPACE, sqlite3.SQLITE_READONLY: NOT_WRITABLE,
+                 sqlite3.SQLITE_PERM: NOT_WRITABLE, sqlite3.SQLITE_BUSY: _BUSY, sqlite3.SQLITE_LOCKED: _BUSY}
+_WRITE_HINTS = {
+    NO_SPACE: "free some space (or use another --index) and run again",
+    NOT_WRITABLE: "check the index folder's permissions (or use another --index) and run again",
+    # vitkit's own writers take the lock file first, so this is another program holding the database.
+    _BUSY: "another program is using the index database; close it and run again",
+}
+_OTHER_HINT = "check the index folder and its disk, and run again"
+
+
+def _write_failure_hint(error: OSError | sqlite3.OperationalError) -> str:
+    if isinstance(error, OSError):
+        kind = get_write_failure_kind(error)
+    else:  # the primary result code; an extended one (SQLITE_IOERR_WRITE...) adds detail in the high bits
+        kind = _SQLITE_KINDS.get((getattr(error, "sqlite_errorcode", None) or 0) & 0xFF)
+    return _WRITE_HINTS.get(kind, _OTHER_HINT) + "; every batch finished before this is kept"
+
+
 @contextmanager
 def _write_errors(folder: Path) -> Iterator[None]:
     """A full disk, a file-size limit or a read-only folder becomes one clear error. Earlier commits
@@ -267,9 +289,7 @@ def _write_errors(folder: Path) -> Iterator[None]:
         yield
     except (OSError, sqlite3.OperationalError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise IndexError_(f"cannot write to index {folder}: {reason}",
-                          hint="free some space (or use another --index) and run again; "
-                               "every batch finished before this is kept") from e
+        raise IndexError_(f"cannot write to index {folder}: {reason}", hint=_write_failure_hint(e)) from e
 
 
 def _not_an_index(folder: Path) -> IndexSchemaError:
@@ -461,7 +481,7 @@ class VectorIndex:
         self._conn = conn
         self._generation = meta.generation
         self._lock_fd = lock_fd
-        self._file: IO[bytes] | None = None  # the writer's vector file, opened for appending
+        self._file: io.FileIO | None = None  # the writer's vector file, unbuffered: see _append
         self._next_row = 0
         self._snapshot_cache: _Snapshot | None = None
         self._buffer: torch.Tensor | None = None
@@ -533,7 +553,7 @@ class VectorIndex:
         """Truncate a partial trailing row (a write cut short), take row numbers from the length,
         and delete vector files a rebuild or compact left behind."""
         path = self.folder / _vectors_file_name(self._generation)
-        self._file = open(path, "r+b")
+        self._file = open(path, "r+b", buffering=0)
         row_bytes = self.dim * _VECTOR_DTYPE.itemsize
         size = os.fstat(self._file.fileno()).st_size
         if size % row_bytes:
@@ -618,13 +638,14 @@ class VectorIndex:
         assert self._file is not None  # set by open_for_writing, the only way to get a writer
         data = np.ascontiguousarray(vectors, dtype=_VECTOR_DTYPE)
         offset = self._next_row * self.dim * _VECTOR_DTYPE.itemsize
+        fd = self._file.fileno()
         try:
-            self._file.seek(offset)
-            self._file.write(memoryview(data).cast("B"))
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            # Straight to the file, no buffer: a full disk fails here, not at a later flush (or in close).
+            _write_all(fd, memoryview(data).cast("B"), offset)
+            os.fsync(fd)
         except BaseException:
-            self._file.truncate(offset)  # best effort: the next writer would truncate a partial row anyway
+            with suppress(OSError):  # best effort: the next writer truncates a partial row anyway
+                os.ftruncate(fd, offset)
             raise
         self._next_row += len(data)
 
@@ -792,21 +813,34 @@ class VectorIndex:
         self._snapshot_cache = None
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._conn.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
-        self._snapshot_cache = None
-        self._buffer = None
+        file, self._file = self._file, None
+        try:
+            if file is not None:
+                with _write_errors(self.folder):
+                    file.close()
+        finally:  # the database and the lock are released whatever the vector file says
+            self._conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+            self._snapshot_cache = None
+            self._buffer = None
 
     def __enter__(self) -> VectorIndex:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with suppress(IndexError_):  # the exception already on its way out says what went wrong; keep it
+            self.close()
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 def _copy_rows(source: Path, target: Path, rows: np.ndarray, dim: int) -> None:

@@ -55,6 +55,19 @@ def _mirrored_parts(input_path: str) -> list[str]:
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+NO_SPACE = "no space"
+NOT_WRITABLE = "not writable"
+
+
+def get_write_failure_kind(exc: OSError) -> str | None:
+    """NO_SPACE (disk full, file too large, quota), NOT_WRITABLE (permissions, read-only filesystem) or None;
+    the one place where an errno decides which hint a failed write gets."""
+    if exc.errno in _NO_SPACE:
+        return NO_SPACE
+    if exc.errno in _NOT_WRITABLE:
+        return NOT_WRITABLE
+    return None
 
 
 @contextlib.contextmanager
@@ -66,8 +79,11 @@ def output_errors(target: str | os.PathLike) -> Iterator[None]:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        if exc.errno in _NO_SPACE:
+        kind = get_write_failure_kind(exc)
+        if kind == NO_SPACE:
             hint = "free some space (or write elsewhere) and run again; earlier outputs are unchanged"
+        elif kind == NOT_WRITABLE:
+            hint = "check the folder's permissions (or write elsewhere)"
         else:
             hint = "check that the folder exists and is writable"
         raise OutputError(f"cannot write {os.fsdecode(target)}: {exc.strerror or exc}", hint=hint) from exc
@@ -99,12 +115,13 @@ def atomic_write_path(target: Path) -> Iterator[Path]:
         except FileExistsError as exc:  # the parent is a file; "File exists" would mislead
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from exc
         fd, temp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=real.suffix or ".tmp", dir=real.parent)
-        os.close(fd)
-        # mkstemp makes 0600 files; outputs should get the permissions any new file would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
     try:
+        with output_errors(target):
+            os.close(fd)
+            # mkstemp makes 0600 files; outputs should get the permissions any new file would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)
         yield Path(temp)
         with output_errors(target):
             os.replace(temp, real)
