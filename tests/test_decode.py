@@ -135,6 +135,39 @@ def test_missing_file(tmp_path: Path) -> None:
         decode_image(str(tmp_path / "gone.jpg"))
 
 
+@pytest.mark.parametrize(("error", "message", "kind"), [
+    (PermissionError(13, "Permission denied"), "cannot read: Permission denied", "unreadable"),
+    (OSError(5, "Input/output error"), "cannot read: Input/output error", "unreadable"),
+    (FileNotFoundError(2, "No such file or directory"), "no such file (or a broken link)", "missing"),
+])
+def test_file_that_fails_after_the_check_is_unreadable_not_corrupt(
+        error: OSError, message: str, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changed after the stat check, or on a failing disk: the OS's reason, once, without the path again."""
+    path = save(tmp_path, "a.png", Image.new("RGB", (4, 4)))
+    error.filename = path
+
+    def failing_open(*_: object, **__: object) -> Image.Image:
+        raise error
+
+    monkeypatch.setattr(Image, "open", failing_open)
+    with pytest.raises(InputError) as info:
+        decode_image(path)
+    assert (info.value.message, info.value.kind) == (message, kind)
+
+
+def test_decoder_errors_without_an_errno_stay_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save(tmp_path, "a.png", Image.new("RGB", (4, 4)))
+
+    def failing_load(*_: object) -> None:
+        raise OSError("broken data stream when reading image file")  # how Pillow's decoders fail
+
+    monkeypatch.setattr(Image.Image, "load", failing_load)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", failing_load)
+    with pytest.raises(InputError, match=r"^corrupt image data \(OSError: broken data stream") as info:
+        decode_image(path)
+    assert info.value.kind == "corrupt"
+
+
 def test_draft_decodes_large_jpeg_smaller_but_reports_full_size(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (1500, 2000, 3), dtype=np.uint8))

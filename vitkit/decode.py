@@ -153,6 +153,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _describe_decode_failure(exc: BaseException) -> InputError:
+    # The file changed after _check_file, or the disk failed: the OS's reason, not the image's. Pillow's
+    # decoder errors are OSErrors too, but never carry an errno.
+    if isinstance(exc, FileNotFoundError):
+        return InputError("no such file (or a broken link)", kind="missing")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return InputError(f"cannot read: {exc.strerror or os.strerror(exc.errno)}", kind="unreadable")
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "truncated" in text.lower() or isinstance(exc, EOFError):
         return InputError("truncated image data (file cut short)", kind="truncated")
