@@ -692,17 +692,21 @@ class VectorIndex:
             theirs = other._stored_entries(paths)
             ours = _stored_states(self._conn, paths)
             entries = []
-            for position, path in enumerate(paths, start):
+            for path in paths:
                 if path not in theirs:
                     continue  # removed from the shard since the snapshot: a writer is still at work on it
-                size, mtime_ns, digest, width, height = theirs[path]
+                size, mtime_ns, digest, width, height, row = theirs[path]
+                if row >= len(snapshot.vectors):
+                    continue  # re-embedded after the snapshot was mapped: merge it on the next run
                 if ours.get(path) == (size, mtime_ns, digest):
                     unchanged += 1
                     continue
                 if path in ours and ours[path][1] > mtime_ns:
                     kept += 1
                     continue
-                vector = np.asarray(snapshot.vectors[snapshot.rows[position]], dtype=np.float32)
+                # The row read with the digest, not the snapshot's: if a writer changed the file in
+                # between, the vector still belongs to the digest stored with it.
+                vector = np.asarray(snapshot.vectors[row], dtype=np.float32)
                 entries.append((FileState(path, size, mtime_ns), digest, vector, width, height))
                 added += path not in ours
                 replaced += path in ours
@@ -710,11 +714,11 @@ class VectorIndex:
         return MergeCounts(added, replaced, unchanged, kept)
 
     def _stored_entries(self, paths: Sequence[str]) -> dict[str, tuple]:
-        """path -> (size, mtime_ns, content_hash, width, height)."""
+        """path -> (size, mtime_ns, content_hash, width, height, row)."""
         found: dict[str, tuple] = {}
         for batch in _batches(paths):
             marks = ",".join("?" * len(batch))
-            query = f"SELECT path, size, mtime_ns, content_hash, width, height FROM files WHERE path IN ({marks})"
+            query = f"SELECT path, size, mtime_ns, content_hash, width, height, row FROM files WHERE path IN ({marks})"
             found.update((row[0], row[1:]) for row in self._conn.execute(query, batch))
         return found
 
