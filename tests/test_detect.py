@@ -137,3 +137,86 @@ def test_batched_run_keeps_each_image_in_its_slot(tiny_detr_dir: Path) -> None:
             np.testing.assert_allclose([d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=0.5)
     distinct = {json.dumps([round(d["score"], 3) for d in r["detections"]]) for r in one if "error" not in r}
     assert len(distinct) > 1  # images get different results, so a swap would be caught
+
+
+@pytest.fixture
+def photos_and_a_long_image(tmp_path: Path) -> tuple[list[Path], Path]:
+    """The good photos and a 1 x 70000 image (70 kpx, yet longer than a JPEG can be) among them."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [Path(shutil.copy(SAMPLE_DATA / name, folder / name)) for name in GOOD_SAMPLES]
+    Image.new("RGB", (1, 70_000), (200, 120, 40)).save(folder / "long.png")
+    paths.insert(2, folder / "long.png")
+    return paths, tmp_path / "out"
+
+
+def test_an_image_too_long_for_jpeg_is_annotated_as_png(tiny_detr_dir: Path,
+                                                        photos_and_a_long_image: tuple[list[Path], Path]) -> None:
+    paths, out = photos_and_a_long_image
+    result = runner.invoke(app, ["detect", *map(str, paths), "--model", str(tiny_detr_dir), "--out-dir", str(out),
+                                 "--threshold", "0.0", "-b", "2", "--workers", "0"])
+    assert result.exit_code == 0, result.stderr
+    records = parse_jsonl(result.stdout)
+    assert [r["path"] for r in records] == list(map(str, paths))
+    for record in records:
+        long = record["path"].endswith("long.png")
+        assert record["output"].endswith(".detect.png" if long else ".detect.jpg")
+        with Image.open(record["output"]) as written:
+            assert written.format == ("PNG" if long else "JPEG")
+            assert written.size == (record["width"], record["height"])
+
+
+def test_a_failed_annotated_image_is_that_inputs_error(tiny_detr_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       photos_and_a_long_image: tuple[list[Path], Path]) -> None:
+    """Any failure making one input's own file (here Pillow's JPEG encoder on a 70000-pixel side) is that
+    input's error; a full disk or unwritable folder still stops the run (tests/test_robustness.py)."""
+    monkeypatch.setattr("vitkit.tasks.detect.JPEG_MAX_SIDE", 10**9)
+    paths, out = photos_and_a_long_image
+    result = runner.invoke(app, ["detect", *map(str, paths), "--model", str(tiny_detr_dir), "--out-dir", str(out),
+                                 "--threshold", "0.0", "-b", "4", "--workers", "0"])
+    assert result.exit_code == 1
+    records = parse_jsonl(result.stdout)
+    assert [r["path"] for r in records] == list(map(str, paths))
+    failed = records[2]
+    assert set(failed) == {"path", "error"} and failed["error"].startswith("cannot write its output: OSError")
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: {paths[2]}: {failed['error']}"]
+    assert all(Path(r["output"]).is_file() for i, r in enumerate(records) if i != 2)
+
+
+def test_annotated_images_are_decoded_under_the_runs_max_pixels(tiny_detr_dir: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image allowed by a raised --max-pixels must not be refused when decoded again for drawing."""
+    import vitkit.decode
+
+    limits = []
+    decode = vitkit.decode.decode_image
+
+    def spy(path: str, options: vitkit.decode.DecodeOptions = vitkit.decode.DecodeOptions()) -> object:
+        limits.append(options.max_pixels)
+        return decode(path, options)
+
+    monkeypatch.setattr(vitkit.decode, "decode_image", spy)
+    code, records = detect(str(SAMPLE_DATA / "rocket.jpg"), "--model", str(tiny_detr_dir), "--workers", "0",
+                           "--out-dir", str(tmp_path), "--max-pixels", "300000000")
+    assert code == 0 and Path(records[0]["output"]).is_file()
+    assert limits == [300_000_000]
+
+
+def test_a_10_to_1_image_is_detected_as_the_processor_alone_would(tiny_detr_dir: Path, tmp_path: Path) -> None:
+    """Squashing is only for images whose short side `longest_edge` would shrink to a few pixels: at
+    shortest 64 / longest 320, a 1000 x 100 image becomes 320 x 32 and reaches the processor as it is."""
+    from transformers import DetrImageProcessor
+
+    model_dir = Path(shutil.copytree(tiny_detr_dir, tmp_path / "detr"))
+    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 320}).save_pretrained(model_dir)
+    path = tmp_path / "wide.png"
+    Image.open(SAMPLE_DATA / "chelsea.jpg").convert("RGB").resize((1000, 100), Image.Resampling.BILINEAR).save(path)
+    code, [record] = detect(str(path), "--model", str(model_dir), "--threshold", "0.0", "--no-draft")
+    assert code == 0
+    expected = reference(model_dir, path, 0.0)
+    got = record["detections"]
+    assert len(got) == len(expected) > 0
+    assert [d["class_id"] for d in got] == [label for label, _, _ in expected]
+    np.testing.assert_allclose([d["score"] for d in got], [s for _, s, _ in expected], atol=1e-5)
+    np.testing.assert_allclose([d["box"] for d in got], [b for _, _, b in expected], atol=1e-3)

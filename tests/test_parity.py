@@ -57,3 +57,19 @@ def test_png_and_rgba_inputs_match_timm_on_rgb(tiny_timm_dir: Path, tmp_path: Pa
     for record, expected in zip(records, reference, strict=True):
         assert [p["class_id"] for p in record["predictions"]] == [c for c, _ in expected]
         np.testing.assert_allclose([p["score"] for p in record["predictions"]], [s for _, s in expected], atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(1001, 250), (1200, 250), (3001, 250), (250, 1001), (4001, 250)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+def test_the_aspect_guard_leaves_panoramas_bit_identical(size: tuple[int, int]) -> None:
+    """Cropping before the resize changes the pixel grid it samples, so ordinary panoramas (past 4:1,
+    odd and even widths) must reach timm's eval transform untouched."""
+    from timm.data import create_transform
+
+    from vitkit.backends.aspect import cap_aspect_ratio
+
+    transform = create_transform(input_size=(3, 224, 224), crop_pct=0.9, interpolation="bicubic")
+    image = Image.open(SAMPLE_DATA / "chelsea.jpg").convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    guarded = cap_aspect_ratio(transform)
+    assert guarded is not transform  # the guard is in place, and lets these through
+    assert torch.equal(guarded(image), transform(image))

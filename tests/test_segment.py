@@ -228,6 +228,42 @@ def test_exif_rotated_jpeg_mask_matches_the_displayed_image(tiny_segformer_dir: 
     assert rotated["segments"] == straight["segments"]
 
 
+@pytest.mark.parametrize("size", [(1000, 30), (1, 5000)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_a_fixed_size_processor_gets_thin_images_unsquashed(size: tuple[int, int], tiny_segformer_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """SegFormer resizes any shape to its fixed input: squashing first would only lose detail."""
+    path = tmp_path / "thin.png"
+    Image.open(SAMPLE_DATA / "rocket.jpg").convert("RGB").resize(size, Image.Resampling.BILINEAR).save(path)
+    code, [record], stderr = segment(str(path), "--model", str(tiny_segformer_dir), "--out-dir", str(tmp_path / "out"))
+    assert code == 0, stderr
+    expected = semantic_reference(tiny_segformer_dir, path)
+    assert len(np.unique(expected)) > 1  # a map with structure, which squashing would shift
+    assert np.array_equal(read_mask(record["mask"]), expected)
+
+
+def test_an_overlay_that_cannot_be_made_is_that_inputs_error(tiny_segformer_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that changed after it was read fails alone when decoded again for its overlay."""
+    import vitkit.tasks.segment
+    from vitkit.errors import InputError
+
+    paths = [SAMPLE_DATA / name for name in GOOD_SAMPLES[:3]]
+    decode = vitkit.tasks.segment.decode_image
+
+    def changed_since(path: str, *args: object) -> object:
+        if path == str(paths[1]):
+            raise InputError("truncated image data (file cut short)", kind="truncated")
+        return decode(path, *args)
+
+    monkeypatch.setattr(vitkit.tasks.segment, "decode_image", changed_since)
+    code, records, stderr = segment(*map(str, paths), "--model", str(tiny_segformer_dir), "--workers", "0",
+                                    "--out-dir", str(tmp_path / "out"))
+    assert code == 1
+    assert records[1] == {"path": str(paths[1]), "error": "truncated image data (file cut short)"}
+    assert stderr.splitlines()[0] == f"error: {paths[1]}: truncated image data (file cut short)"
+    assert all(Path(r["overlay"]).is_file() for r in (records[0], records[2]))
+
+
 def test_broken_files_keep_their_slots_and_outputs_never_collide(tiny_segformer_dir: Path, photos: Path,
                                                                 tmp_path: Path) -> None:
     (photos / "more").mkdir()

@@ -12,6 +12,7 @@ import torch
 from vitkit.data import Batch, Sample, default_workers, iterate_batches, move_to_device, slice_inputs
 from vitkit.decode import DEFAULT_MAX_PIXELS, DecodeOptions
 from vitkit.discover import InputItem
+from vitkit.errors import InputError
 from vitkit.pixels import DeviceNormalize, split_normalize
 from vitkit.records import Record
 from vitkit.report import Reporter
@@ -68,8 +69,10 @@ def _records_for_batch(inference: "BatchInference", batch: Batch, reporter: Repo
             continue
         fields = next(results)
         if fields is None:
-            reporter.input_failed(sample.path, OUT_OF_MEMORY, "out of memory")
-            yield Record(sample.path, error=OUT_OF_MEMORY, error_kind="out of memory")
+            fields = InputError(OUT_OF_MEMORY, kind="out of memory")
+        if isinstance(fields, InputError):  # e.g. its own output file could not be made
+            reporter.input_failed(sample.path, fields.message, fields.kind)
+            yield Record(sample.path, error=fields.message, error_kind=fields.kind)
             continue
         for note in sample.warnings:
             reporter.warn(sample.path, note)
@@ -81,7 +84,8 @@ REGROW_AFTER_BATCHES = 8
 
 
 class BatchInference:
-    """Collated inputs of ok samples -> their record fields (None: the sample alone does not fit on the device).
+    """Collated inputs of ok samples -> their record fields (None: the sample alone does not fit on the
+    device; an InputError: the task failed that one input).
 
     Two recoveries a long GPU run needs: a batch whose reduced-precision outputs are not finite runs
     again in fp32; a batch that runs out of device memory is split in halves, down to single
@@ -96,9 +100,9 @@ class BatchInference:
         self.batches_since_out_of_memory = 0
         self.warned_non_finite = False
 
-    def __call__(self, inputs: Any, samples: list[Sample]) -> list[dict | None]:
+    def __call__(self, inputs: Any, samples: list[Sample]) -> list[dict | InputError | None]:
         size = self.max_batch or len(samples)
-        results: list[dict | None] = []
+        results: list[dict | InputError | None] = []
         for start in range(0, len(samples), size):
             stop = start + size
             results += self._fitting(slice_inputs(inputs, start, stop) if size < len(samples) else inputs,
@@ -116,7 +120,7 @@ class BatchInference:
             self.max_batch *= 2
             self.batches_since_out_of_memory = 0
 
-    def _fitting(self, inputs: Any, samples: list[Sample]) -> list[dict | None]:
+    def _fitting(self, inputs: Any, samples: list[Sample]) -> list[dict | InputError | None]:
         try:
             return self.infer(inputs, samples)
         except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
@@ -134,7 +138,7 @@ class BatchInference:
         return (self._fitting(slice_inputs(inputs, 0, half), samples[:half])
                 + self._fitting(slice_inputs(inputs, half, len(samples)), samples[half:]))
 
-    def infer(self, inputs: Any, samples: list[Sample]) -> list[dict]:
+    def infer(self, inputs: Any, samples: list[Sample]) -> list[dict | InputError]:
         model = self.task.model
         device_inputs = move_to_device(inputs, model.device)
         outputs = forward_batch(self.task, device_inputs, model.dtype, self.normalize)

@@ -2,10 +2,10 @@
 transforms). Without it a 1 x 5000 image is upscaled to 248 x 1,240,000 pixels (gigabytes) before the
 crop throws nearly all of it away.
 
-The guard first centre-crops the longer side to a few times the shorter one. The model only ever sees
-a central region no longer than the crop, so for any image within the ratio nothing changes (the
-transform gets the very same image); beyond it the model sees the same central region, resampled from
-a smaller image.
+The guard first centre-crops the longer side to MARGIN times what the model sees of it. Within that
+ratio the transform gets the very same image, so ordinary panoramas (even 10:1) give bit-identical
+results; beyond it the model sees the same central region, resampled from a smaller image. The guard
+exists only for the cost: at 224 px the largest resize it lets through is 248 x 7936 (2 MP).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from typing import Any, Callable
 
 from PIL import Image
 
-# How many times longer than what the model sees the kept long side is: far more than the resize
-# filter's reach, so only pixels the crop would discard anyway are dropped.
-MARGIN = 4.0
-# Wider than any panorama worth detecting in; at 8:1 a `shortest_edge: 800` processor makes 800 x 6400.
-PROCESSOR_MAX_RATIO = 8.0
+# How many times longer than what the model sees the kept long side is. Cropping changes the pixel grid
+# the resize samples, so it must never touch a real photo or panorama: only images so thin that the
+# resize itself would be the problem (1 x 5000 -> 248 x 1,240,000) are cropped.
+MARGIN = 32.0
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,11 @@ def crop_long_side(image: Any, max_ratio: float) -> Any:
 def squash_long_side(image: Any, max_ratio: float) -> Any:
     """A PIL image whose long side is resized down to at most `max_ratio` x its short side.
 
-    For processors that keep the aspect ratio (DETR, Mask2Former): a 1 x 5000 image would otherwise
-    come out 0 pixels wide under `longest_edge`, or gigabytes under `shortest_edge` alone. Unlike a crop,
-    squashing keeps every part of the image in place relative to the whole, and boxes and masks are
-    relative to the whole until they are scaled back to the original size.
+    For processors that keep the aspect ratio (DETR, Mask2Former; see `hf.processor_max_ratio`): a
+    1 x 5000 image would otherwise come out 0 pixels wide under `longest_edge`, or gigabytes under
+    `shortest_edge` alone. Unlike a crop, squashing keeps every part of the image in place relative to
+    the whole, and boxes and masks are relative to the whole until they are scaled back to the original
+    size.
     """
     width, height = image.size
     limit = math.ceil(max_ratio * min(width, height))

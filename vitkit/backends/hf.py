@@ -7,9 +7,16 @@ from typing import Any
 
 import torch
 
-from vitkit.backends.aspect import PROCESSOR_MAX_RATIO, squash_long_side
+from vitkit.backends.aspect import squash_long_side
 from vitkit.errors import ModelTaskMismatchError
 from vitkit.registry import CLASSIFY, DETECT, INPAINT, SEGMENT, ModelSpec
+
+# Aspect-keeping processors fit the long side into `longest_edge`; images are squashed only as far as
+# keeps the short side at least this many pixels (a 1 x 5000 image would come out 0 pixels wide).
+MIN_SHORT_SIDE = 16
+# With `shortest_edge` alone the long side is unbounded: the resized image is kept within this many
+# squares of the short side (at `shortest_edge: 800`, 800 x 6400).
+SHORTEST_EDGE_ONLY_MAX_RATIO = 8.0
 
 # Used only when a checkpoint's config names no architecture class of its own.
 _AUTO_CLASS_FOR_CAPABILITY = {
@@ -63,12 +70,34 @@ def processor_short_side(image_processor: Any) -> int | None:
     size = getattr(image_processor, "size", None)
     if size is None:
         return None
-    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    get = _size_getter(size)
     if get("shortest_edge"):
         return int(get("shortest_edge"))
     if get("height") and get("width"):
         return int(min(get("height"), get("width")))
     return None
+
+
+def processor_max_ratio(image_processor: Any) -> float | None:
+    """The long:short ratio beyond which an image is squashed before the processor sees it; None where
+    it never needs to be. A fixed height x width resize costs the same for any shape, and squashing
+    first would only throw detail away (30 x 1000 -> 30 x 240 -> 512 x 512)."""
+    if not getattr(image_processor, "do_resize", True):
+        return None
+    size = getattr(image_processor, "size", None)
+    get = _size_getter(size) if size is not None else (lambda key: None)
+    if get("height") and get("width"):
+        return None
+    if get("longest_edge"):
+        return int(get("longest_edge")) / MIN_SHORT_SIDE
+    if get("max_height") and get("max_width"):
+        return min(int(get("max_height")), int(get("max_width"))) / MIN_SHORT_SIDE
+    return SHORTEST_EDGE_ONLY_MAX_RATIO
+
+
+def _size_getter(size: Any) -> Any:
+    """`size.get` for a processor's size, whether a dict or an object with attributes (SizeDict)."""
+    return size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
 
 
 @dataclass(frozen=True)
@@ -78,7 +107,9 @@ class ProcessorPreprocess:
     image_processor: Any
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
-        image = squash_long_side(image, PROCESSOR_MAX_RATIO)
+        max_ratio = processor_max_ratio(self.image_processor)
+        if max_ratio is not None:
+            image = squash_long_side(image, max_ratio)
         encoded = self.image_processor(images=image, return_tensors="pt")
         return {key: encoded[key][0] for key in ("pixel_values", "pixel_mask") if key in encoded}  # (3, H, W), (H, W)
 

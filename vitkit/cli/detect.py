@@ -53,7 +53,8 @@ def detect(
     items = collect_inputs(inputs, files_from, null, shard)
     wanted = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else ()
     loaded = load_model(resolve(model, DETECT), DETECT, device, precision, offline, compile=compile_model)
-    task = DetectTask(loaded, DetectOptions(threshold, wanted, max_detections, out_dir), [i.path for i in items])
+    options = DetectOptions(threshold, wanted, max_detections, out_dir, max_pixels)
+    task = DetectTask(loaded, options, [i.path for i in items])
     sinks = [CocoResultsSink(coco, task.id2label)] if coco else []
     run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels, default_batch_size=4),
                   OutputOptions(format, output, quiet, html), sinks)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from vitkit.data import Preprocess, Sample
+from vitkit.errors import InputError, OutputError
 from vitkit.loading import LoadedModel
 from vitkit.records import RecordLayout
 
@@ -21,6 +22,25 @@ class Task(Protocol):
         """Batched inputs already on the model's device -> outputs; the runner provides inference mode and autocast."""
         ...
 
-    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[dict[str, Any]]:
-        """One dict of record fields per ok sample, in the same order."""
+    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[dict[str, Any] | InputError]:
+        """One dict of record fields per ok sample, in the same order; an InputError in a sample's place
+        makes that input's record an error (see `file_outputs`)."""
         ...
+
+
+T = TypeVar("T")
+
+
+def file_outputs(write: Callable[..., T], *args: Any) -> T | InputError:
+    """`write(*args)`, which makes one input's own output files, or the InputError that fails that input alone:
+    its file may have changed since it was read, or be a size the output format cannot hold. An
+    OutputError (disk full, unwritable folder) would fail every input alike, so it still stops the run."""
+    try:
+        return write(*args)
+    except (OutputError, BrokenPipeError):
+        raise
+    except InputError as exc:  # decoding the original again for drawing on it
+        return exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's encoders raise OSError, ValueError, SystemError...
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        return InputError(f"cannot write its output: {type(exc).__name__}: {reason}", kind="output failed")

@@ -9,10 +9,15 @@ import torch
 
 from vitkit.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
 from vitkit.data import Sample
-from vitkit.errors import UsageError
+from vitkit.decode import DEFAULT_MAX_PIXELS
+from vitkit.errors import InputError, UsageError
 from vitkit.loading import LoadedModel
 from vitkit.outputs import OutputPlanner
 from vitkit.records import RecordLayout, explode_rows
+from vitkit.tasks.base import file_outputs
+
+# libjpeg's largest side; an annotated image longer than this is written as PNG.
+JPEG_MAX_SIDE = 65_500
 
 
 def _describe(record: dict[str, Any]) -> str:
@@ -33,6 +38,7 @@ class DetectOptions:
     classes: tuple[str, ...] = ()  # keep only these labels; empty keeps all
     max_detections: int | None = None
     out_dir: str | None = None  # annotated images go here when set
+    max_pixels: int = DEFAULT_MAX_PIXELS  # for decoding the originals again to draw on
 
 
 class DetectTask:
@@ -57,18 +63,21 @@ class DetectTask:
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         return self.model.module(**inputs)
 
-    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[dict[str, Any] | InputError]:
         outputs.logits, outputs.pred_boxes = outputs.logits.float().cpu(), outputs.pred_boxes.float().cpu()
         results = self.processor.post_process_object_detection(
             outputs, threshold=self.options.threshold, target_sizes=[(s.height, s.width) for s in samples])
-        records = []
+        records: list[dict[str, Any] | InputError] = []
         for sample, result in zip(samples, results):
             detections = self._detections(result, sample.width or 0, sample.height or 0)
-            fields: dict[str, Any] = {"detections": detections}
-            if self.planner:
-                fields["output"] = str(write_annotated(self.planner, sample, detections))
-            records.append(fields)
+            records.append(file_outputs(self._fields, sample, detections))
         return records
+
+    def _fields(self, sample: Sample, detections: list[dict[str, Any]]) -> dict[str, Any]:
+        fields: dict[str, Any] = {"detections": detections}
+        if self.planner:
+            fields["output"] = write_annotated(self.planner, sample, detections, self.options.max_pixels)
+        return fields
 
     def _detections(self, result: dict[str, torch.Tensor], width: int, height: int) -> list[dict[str, Any]]:
         found = []
@@ -84,13 +93,19 @@ class DetectTask:
         return found[: self.options.max_detections] if self.options.max_detections else found
 
 
-def write_annotated(planner: OutputPlanner, sample: Sample, detections: list[dict[str, Any]]) -> str:
-    """Boxes drawn on the full-resolution, EXIF-oriented image; written even when nothing was found."""
-    from vitkit.decode import decode_image
+def write_annotated(planner: OutputPlanner, sample: Sample, detections: list[dict[str, Any]],
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """Boxes drawn on the full-resolution, EXIF-oriented image; written even when nothing was found.
+    JPEG, or PNG for an image too long for JPEG (the path returned says which)."""
+    from vitkit.decode import DecodeOptions, decode_image
     from vitkit.draw import draw_detections
     from vitkit.outputs import save_image
 
-    image = draw_detections(decode_image(sample.path).image, detections)
-    target = planner.path_for(sample.path, "detect", "jpg")
-    save_image(image, target, format="JPEG", quality=90)
+    image = draw_detections(decode_image(sample.path, DecodeOptions(max_pixels=max_pixels)).image, detections)
+    if max(image.size) > JPEG_MAX_SIDE:
+        target = planner.path_for(sample.path, "detect", "png")
+        save_image(image, target, format="PNG", compress_level=1)
+    else:
+        target = planner.path_for(sample.path, "detect", "jpg")
+        save_image(image, target, format="JPEG", quality=90)
     return str(target)

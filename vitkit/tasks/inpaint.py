@@ -29,6 +29,7 @@ from vitkit.errors import InputError, UsageError
 from vitkit.loading import LoadedModel
 from vitkit.outputs import OutputPlanner, save_image
 from vitkit.records import RecordLayout
+from vitkit.tasks.base import file_outputs
 
 DEFAULT_MASK_RATIO = 0.75  # MAE's pre-training ratio
 DEFAULT_SEED = 0
@@ -265,10 +266,10 @@ class InpaintTask:
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return pixel_values  # (B, 3, S, S)
 
-    def postprocess(self, pixel_values: torch.Tensor, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    def postprocess(self, pixel_values: torch.Tensor, samples: Sequence[Sample]) -> list[dict[str, Any] | InputError]:
         patches = np.stack([self.patch_mask(sample) for sample in samples])  # (B, rows, cols)
         results = self.reconstruct(pixel_values, torch.from_numpy(patches.reshape(len(samples), -1)))
-        return [self._write(sample, result) for sample, result in zip(samples, results)]
+        return [file_outputs(self._write, sample, result) for sample, result in zip(samples, results)]
 
     def patch_mask(self, sample: Sample) -> np.ndarray:
         """(rows, cols) bool, True where this image's patches are hidden from the encoder."""

@@ -14,10 +14,11 @@ from vitkit import masks
 from vitkit.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
 from vitkit.data import Sample
 from vitkit.decode import DEFAULT_MAX_PIXELS, DecodeOptions, decode_image
-from vitkit.errors import UsageError
+from vitkit.errors import InputError, UsageError
 from vitkit.loading import LoadedModel
 from vitkit.outputs import OutputPlanner, save_image
 from vitkit.records import RecordLayout, explode_rows
+from vitkit.tasks.base import file_outputs
 
 SEMANTIC, PANOPTIC, TEXT = "semantic", "panoptic", "text"
 MODES = (SEMANTIC, PANOPTIC, TEXT)
@@ -126,7 +127,7 @@ class SegmentTask:
                                    conditional_embeddings=prompts.repeat(batch, 1)).logits
         return Forwarded(logits.reshape(batch, count, *logits.shape[-2:]), None)  # (B, P, s, s)
 
-    def postprocess(self, forwarded: Forwarded, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    def postprocess(self, forwarded: Forwarded, samples: Sequence[Sample]) -> list[dict[str, Any] | InputError]:
         records = []
         for index, sample in enumerate(samples):
             size = (sample.height or 0, sample.width or 0)  # the original, upright image: masks come out this size
@@ -170,7 +171,7 @@ class SegmentTask:
                   for i, prompt in enumerate(self.options.prompts, 1)}
         return Segmentation(label_map, labels, 0, count)
 
-    def _fields(self, segmentation: Segmentation, sample: Sample) -> dict[str, Any]:
+    def _fields(self, segmentation: Segmentation, sample: Sample) -> dict[str, Any] | InputError:
         label_map, max_id = segmentation.label_map, segmentation.max_id
         fill = segmentation.background
         if fill is None:  # semantic classes: dropped pixels get a void id no class uses
@@ -185,7 +186,10 @@ class SegmentTask:
             segments.append({"id": value, "label": label, "score": score, "area": s.area, "box": list(s.box)})
         fields: dict[str, Any] = {"segments": segments, "mask": None, "overlay": None}
         if self.planner:
-            fields["mask"], fields["overlay"] = self._write(self.planner, sample, label_map, max_id, fill)
+            written = file_outputs(self._write, self.planner, sample, label_map, max_id, fill)
+            if isinstance(written, InputError):
+                return written
+            fields["mask"], fields["overlay"] = written
         return fields
 
     def _write(self, planner: OutputPlanner, sample: Sample, label_map: np.ndarray, max_id: int,
