@@ -220,3 +220,27 @@ def test_a_10_to_1_image_is_detected_as_the_processor_alone_would(tiny_detr_dir:
     assert [d["class_id"] for d in got] == [label for label, _, _ in expected]
     np.testing.assert_allclose([d["score"] for d in got], [s for _, s, _ in expected], atol=1e-5)
     np.testing.assert_allclose([d["box"] for d in got], [b for _, _, b in expected], atol=1e-3)
+
+
+def test_channels_last_weights_give_the_same_detections(tiny_detr_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPUs get DETR's ResNet in channels_last layout; the layout is device-independent, so its effect
+    on the model code is checked here on CPU (no GPU in CI)."""
+    from vitkit import loading
+
+    paths = [str(SAMPLE_DATA / name) for name in GOOD_SAMPLES]
+
+    def run() -> list[dict]:
+        loading.clear_model_cache()  # the cache key does not include the layout
+        code, records = detect(*paths, "--model", str(tiny_detr_dir), "--threshold", "0.0", "-b", "3")
+        assert code == 0
+        return records
+
+    plain = run()
+    monkeypatch.setattr(loading, "prefers_channels_last", lambda module, device: True)
+    channels_last = run()
+    loading.clear_model_cache()
+    assert sum(len(r["detections"]) for r in plain) > 0
+    for a, b in zip(plain, channels_last, strict=True):
+        assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
+        np.testing.assert_allclose([d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=0.05)
+        np.testing.assert_allclose([d["score"] for d in a["detections"]], [d["score"] for d in b["detections"]], atol=1e-5)

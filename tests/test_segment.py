@@ -459,3 +459,30 @@ def test_int8_runs_every_segmentation_model(model_fixture: str, request: pytest.
                                     "--model", str(request.getfixturevalue(model_fixture)), "--out-dir", str(tmp_path))
     assert code == 0, stderr
     assert len(records) == 1 and Path(records[0]["mask"]).is_file()
+
+
+@pytest.mark.parametrize(("model_fixture", "mode"), [("tiny_segformer_dir", "semantic"), ("tiny_mask2former_dir", "panoptic"),
+                                                     ("tiny_detr_panoptic_dir", "panoptic")])
+def test_channels_last_weights_give_the_same_segments(model_fixture: str, mode: str, request: pytest.FixtureRequest,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPUs get convolutional models in channels_last layout; the layout is device-independent, so its
+    effect on every reshape in the model code is checked here on CPU (no GPU in CI)."""
+    from vitkit import loading
+
+    model_dir = str(request.getfixturevalue(model_fixture))
+    paths = [str(SAMPLE_DATA / name) for name in GOOD_SAMPLES[:2]]
+
+    def run(out_dir: Path) -> list[dict]:
+        loading.clear_model_cache()  # the cache key does not include the layout
+        code, records, stderr = segment(*paths, "--mode", mode, "--model", model_dir, "-b", "2", "--out-dir", str(out_dir))
+        assert code == 0, stderr
+        return records
+
+    plain = run(tmp_path / "plain")
+    monkeypatch.setattr(loading, "prefers_channels_last", lambda module, device: True)
+    channels_last = run(tmp_path / "channels_last")
+    loading.clear_model_cache()
+    for a, b in zip(plain, channels_last, strict=True):
+        # Another memory layout sums in another order: scores may move in the last printed digit.
+        assert [{**s, "score": pytest.approx(s["score"], abs=1e-5)} for s in a["segments"]] == b["segments"]
+        assert np.array_equal(np.asarray(Image.open(a["mask"])), np.asarray(Image.open(b["mask"])))
