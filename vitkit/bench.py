@@ -22,7 +22,7 @@ from PIL import Image, ImageChops
 from vitkit.decode import DecodeOptions, decode_image
 from vitkit.discover import InputItem
 from vitkit.errors import InputError, UsageError
-from vitkit.loading import PRECISIONS, LoadedModel, load_model
+from vitkit.loading import LoadedModel, load_model
 from vitkit.registry import CLASSIFY, EMBED, ModelSpec, get_default_model, resolve_any
 from vitkit.report import Reporter
 from vitkit.runner import RunOptions, forward_batch, run
@@ -116,18 +116,8 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
         model_only = time_model_only(task, sample, batch_size, options.images)
         reporter.message("timing end to end (decode, preprocess, model, records)")
         end_to_end = time_end_to_end(task, [InputItem(p) for p in paths], run_options)
-    return BenchResult(spec.id, capability, str(loaded.device), precision_name(options.precision, loaded), batch_size,
+    return BenchResult(spec.id, capability, str(loaded.device), loaded.precision, batch_size,
                        options.images, f"{width}x{height}", model_only, end_to_end)
-
-
-def precision_name(requested: str, loaded: LoadedModel) -> str:
-    """What ran: the loader's resolved name where it records one, else the name asked for (or for
-    `auto`, the name of the dtype picked)."""
-    if getattr(loaded, "precision", None):
-        return loaded.precision
-    if requested != "auto":
-        return requested
-    return next((name for name, dtype in PRECISIONS.items() if dtype == loaded.dtype), str(loaded.dtype))
 
 
 def write_synthetic_jpegs(folder: str, count: int, size: tuple[int, int], seed: int = 0) -> list[str]:
