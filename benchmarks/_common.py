@@ -252,12 +252,6 @@ def rate(count: int, seconds: Sequence[float]) -> float:
     return count / statistics.median(seconds)
 
 
-def timed(fn: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    fn()
-    return time.perf_counter() - began
-
-
 def print_table(rows: list[dict], columns: Sequence[tuple[str, str, int]]) -> None:
     """columns: (key, title, width); floats printed with 2 decimals, missing values as '-'."""
     print("  ".join(f"{title:>{width}}" if i else f"{title:<{width}}" for i, (_, title, width) in enumerate(columns)))

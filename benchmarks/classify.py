@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from _common import (Contender, add_common_arguments, apply_quick, cli_contender, fmt_ratio, measure_all,
-                     plain_batches, prepare_images, print_table, rate, ratio, run_sizes, timed)
+                     plain_batches, prepare_images, print_table, rate, ratio, run_sizes)
 
 import numpy as np
 import timm
@@ -39,7 +39,7 @@ import transformers
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from vitkit.bench import time_model_only
+from vitkit.bench import time_model_only, timed
 from vitkit.bench import consume as consume_records
 from vitkit.bench import preprocess_one
 from vitkit.errors import VitkitError

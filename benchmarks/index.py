@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Callable
 
 from _common import (Contender, add_common_arguments, apply_quick, cli_contender, fmt_ratio, measure_all,
-                     plain_batches, prepare_images, print_table, rate, ratio, run_sizes, timed)
+                     plain_batches, prepare_images, print_table, rate, ratio, run_sizes)
 
 import open_clip
 import torch
 
-from vitkit.bench import consume, preprocess_one, time_model_only
+from vitkit.bench import consume, preprocess_one, time_model_only, timed
 from vitkit.discover import InputItem
 from vitkit.loading import load_model
 from vitkit.registry import EMBED, resolve
