@@ -53,7 +53,8 @@ def eval_detect(
     task = DetectTask(load_model(resolve(model, DETECT), DETECT, device, precision, offline, compile=compile_model),
                       DetectOptions(threshold=threshold, max_detections=100))
     reporter = Reporter(quiet=quiet)
-    result = evaluate_detector(task, ground_truth, images_dir, RunOptions(batch_size, workers, not no_draft, default_batch_size=4), reporter)
+    run_options = RunOptions(batch_size, workers, not no_draft, default_batch_size=4)
+    result = evaluate_detector(task, ground_truth, images_dir, run_options, reporter)
     if result.unmatched_labels:
         reporter.message(f"warning: {len(result.unmatched_labels)} model labels match no ground-truth category")
     m = result.metrics
