@@ -24,7 +24,7 @@ import PIL
 import torch
 from PIL import Image, ImageChops
 
-from vitkit.bench import synthetic_photo
+from vitkit.runtime.bench import synthetic_photo
 
 SAMPLE_PHOTOS = sorted((REPO_ROOT / "sample_data").glob("*.jpg"))
 QUICK = {"count": 4, "size": "640x480", "repeats": 1}  # --quick: a smoke test, not a measurement

@@ -39,14 +39,14 @@ import transformers
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from vitkit.bench import time_model_only, timed
-from vitkit.bench import consume as consume_records
-from vitkit.bench import preprocess_one
+from vitkit.runtime.bench import time_model_only, timed
+from vitkit.runtime.bench import consume as consume_records
+from vitkit.runtime.bench import preprocess_one
 from vitkit.errors import VitkitError
-from vitkit.loading import load_model
-from vitkit.precision_check import compare_probabilities
-from vitkit.registry import CLASSIFY, resolve
-from vitkit.runner import RunOptions, run
+from vitkit.models.loading import load_model
+from vitkit.models.precision_check import compare_probabilities
+from vitkit.models.registry import CLASSIFY, resolve
+from vitkit.runtime.runner import RunOptions, run
 from vitkit.tasks.classify import ClassifyTask
 
 TOP_K = 5  # what every contender computes per image: vitkit's and the pipeline's default
@@ -208,7 +208,7 @@ class InProcess:
 
 def measure_in_process(args: argparse.Namespace, model_dir: Path, paths: list[str]) -> list[InProcess]:
     """vitkit as a library: model-only and run() end to end, and every class's probability for agreement."""
-    from vitkit.discover import InputItem
+    from vitkit.inputs.discover import InputItem
 
     results, items = [], [InputItem(p) for p in paths]
     options = RunOptions(batch_size=args.batch_size)

@@ -1,7 +1,7 @@
 """Benchmark: dataloader throughput on large JPEGs with and without JPEG draft (reduced-scale) decoding.
 
 Run from the repo root:  python benchmarks/decode.py [--count N --workers W ...]
-Both variants go through vitkit.data.iterate_batches with timm's eval transform, so the numbers
+Both variants go through vitkit.inputs.data.iterate_batches with timm's eval transform, so the numbers
 are those of the real inference input path, not of Pillow alone.
 """
 
@@ -24,10 +24,10 @@ import torch
 from PIL import Image, ImageChops, ImageDraw
 from timm.data import create_transform
 
-from vitkit.backends.timm_ import resize_size
-from vitkit.data import iterate_batches
-from vitkit.decode import DecodeOptions, decode_image
-from vitkit.discover import InputItem
+from vitkit.models.backends.timm_ import resize_size
+from vitkit.inputs.data import iterate_batches
+from vitkit.inputs.decode import DecodeOptions, decode_image
+from vitkit.inputs.discover import InputItem
 
 
 def make_jpeg(path: str, width: int, height: int, rng: np.random.Generator) -> None:

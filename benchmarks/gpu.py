@@ -19,9 +19,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch
 
-from vitkit.bench import BenchOptions, parse_size, run_bench
-from vitkit.report import Reporter
-from vitkit.runner import RunOptions
+from vitkit.runtime.bench import BenchOptions, parse_size, run_bench
+from vitkit.runtime.report import Reporter
+from vitkit.runtime.runner import RunOptions
 
 TARGET_RATIO = 0.80
 

@@ -30,11 +30,11 @@ from _common import (Contender, add_common_arguments, apply_quick, cli_contender
 import open_clip
 import torch
 
-from vitkit.bench import consume, preprocess_one, time_model_only, timed
-from vitkit.discover import InputItem
-from vitkit.loading import load_model
-from vitkit.registry import EMBED, resolve
-from vitkit.runner import RunOptions, run
+from vitkit.runtime.bench import consume, preprocess_one, time_model_only, timed
+from vitkit.inputs.discover import InputItem
+from vitkit.models.loading import load_model
+from vitkit.models.registry import EMBED, resolve
+from vitkit.runtime.runner import RunOptions, run
 from vitkit.tasks.embed import EmbedTask
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works without th
 import numpy as np
 import torch  # imported up front, as in the CLI after loading a model, so it is not in the cold timing
 
-from vitkit.index import FileState, VectorIndex, _vectors_file_name
+from vitkit.retrieval.index import FileState, VectorIndex, _vectors_file_name
 
 MODEL_KEY = "benchmark-random"
 

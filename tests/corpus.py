@@ -208,7 +208,7 @@ def tiny_png(folder: Path) -> tuple[Path, Path]:
 
 def thin_image(folder: Path, size: tuple[int, int], max_ratio: float) -> tuple[Path, Path]:
     """A thin image (e.g. 1 x 5000); its reference is the central part a model may see, `max_ratio` long."""
-    from vitkit.backends.aspect import crop_long_side
+    from vitkit.models.backends.aspect import crop_long_side
 
     image = pattern(*size, seed=8)
     return _save_pair(folder, f"thin-{size[0]}x{size[1]}.png", image, crop_long_side(image, max_ratio))

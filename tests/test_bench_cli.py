@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vitkit.bench import COLUMNS, parse_size
+from vitkit.runtime.bench import COLUMNS, parse_size
 from vitkit.cli import app
 from vitkit.errors import UsageError
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl
 from vitkit.cli import app
-from vitkit.decoding import beam_search_decode, encode_images_for_decoding, greedy_decode, next_token_logits
+from vitkit.models.backends.coca_decoding import beam_search_decode, encode_images_for_decoding, greedy_decode, next_token_logits
 
 runner = CliRunner()
 MAX_LENGTH = 16  # the tiny model's context length
@@ -40,7 +40,7 @@ def coca(tiny_coca_dir: Path):
 
 @pytest.fixture(scope="module")
 def images(coca) -> torch.Tensor:
-    from vitkit.decode import decode_image
+    from vitkit.inputs.decode import decode_image
 
     _, preprocess, _ = coca
     return torch.stack([preprocess(decode_image(str(SAMPLE_DATA / name)).image) for name in GOOD_SAMPLES])
@@ -181,7 +181,7 @@ def test_sidecars_written_skipped_and_overwritten(tiny_coca_dir: Path, photos: P
     assert set(after) == set(before) and all(after[name] != before[name] for name in before)
     assert {Path(r["path"]).stem: r["caption"] for r in records if "caption" in r} == captions
 
-    monkeypatch.setattr("vitkit.loading.load_model", lambda *args: pytest.fail("nothing to caption, yet loaded"))
+    monkeypatch.setattr("vitkit.models.loading.load_model", lambda *args: pytest.fail("nothing to caption, yet loaded"))
     code, records, stderr = caption_cli(str(photos / "coffee.jpg"), *base[1:])
     assert code == 0 and records == [] and "1 skipped" in stderr
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitkit.decode import DecodeOptions, decode_image
+from vitkit.inputs.decode import DecodeOptions, decode_image
 from vitkit.errors import InputError
 
 

@@ -187,16 +187,16 @@ def test_a_failed_annotated_image_is_that_inputs_error(tiny_detr_dir: Path, monk
 def test_annotated_images_are_decoded_under_the_runs_max_pixels(tiny_detr_dir: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """An image allowed by a raised --max-pixels must not be refused when decoded again for drawing."""
-    import vitkit.decode
+    import vitkit.inputs.decode
 
     limits = []
-    decode = vitkit.decode.decode_image
+    decode = vitkit.inputs.decode.decode_image
 
-    def spy(path: str, options: vitkit.decode.DecodeOptions = vitkit.decode.DecodeOptions()) -> object:
+    def spy(path: str, options: vitkit.inputs.decode.DecodeOptions = vitkit.inputs.decode.DecodeOptions()) -> object:
         limits.append(options.max_pixels)
         return decode(path, options)
 
-    monkeypatch.setattr(vitkit.decode, "decode_image", spy)
+    monkeypatch.setattr(vitkit.inputs.decode, "decode_image", spy)
     code, records = detect(str(SAMPLE_DATA / "rocket.jpg"), "--model", str(tiny_detr_dir), "--workers", "0",
                            "--out-dir", str(tmp_path), "--max-pixels", "300000000")
     assert code == 0 and Path(records[0]["output"]).is_file()
@@ -225,7 +225,7 @@ def test_a_10_to_1_image_is_detected_as_the_processor_alone_would(tiny_detr_dir:
 def test_channels_last_weights_give_the_same_detections(tiny_detr_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """GPUs get DETR's ResNet in channels_last layout; the layout is device-independent, so its effect
     on the model code is checked here on CPU (no GPU in CI)."""
-    from vitkit import loading
+    from vitkit.models import loading
 
     paths = [str(SAMPLE_DATA / name) for name in GOOD_SAMPLES]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vitkit.discover import discover_inputs
+from vitkit.inputs.discover import discover_inputs
 
 
 def touch(path: Path) -> Path:

@@ -73,7 +73,7 @@ def test_shards_concatenate_to_the_unsharded_run(classify_args: tuple[str, ...],
 @pytest.mark.parametrize("text", ["3/3", "0/0", "1", "a/b", "-1/2", "1/2/3"])
 def test_bad_shard_values_are_usage_errors(text: str) -> None:
     from vitkit.errors import UsageError
-    from vitkit.sharding import parse_shard
+    from vitkit.runtime.sharding import parse_shard
 
     with pytest.raises(UsageError, match="--shard"):
         parse_shard(text)
@@ -122,7 +122,7 @@ def test_one_process_commands_refuse_torchrun(tiny_open_clip_dir: Path, tmp_path
 
 
 def _index_contents(folder: Path) -> tuple[list[str], np.ndarray]:
-    from vitkit.index import VectorIndex
+    from vitkit.retrieval.index import VectorIndex
 
     with VectorIndex.open_for_reading(folder) as index:
         hits = index.search(np.ones(index.dim, dtype=np.float32), k=100)[0]
@@ -176,7 +176,7 @@ def test_shard_indexes_merge_into_the_single_process_index(index_args: tuple[str
 
 
 def test_merge_refuses_a_shard_from_another_model(tmp_path: Path) -> None:
-    from vitkit.index import VectorIndex
+    from vitkit.retrieval.index import VectorIndex
 
     for name, key in (("one", "timm:model-a"), ("two", "timm:model-b")):
         VectorIndex.open_for_writing(tmp_path / name, key, 4).close()
@@ -188,7 +188,7 @@ def test_merge_refuses_a_shard_from_another_model(tmp_path: Path) -> None:
 
 
 def test_merge_keeps_the_newest_mtime_and_the_last_shard_on_ties(tmp_path: Path) -> None:
-    from vitkit.index import FileState, VectorIndex
+    from vitkit.retrieval.index import FileState, VectorIndex
 
     def shard(name: str, entries: list[tuple[str, int, str, list[float]]]) -> VectorIndex:
         with VectorIndex.open_for_writing(tmp_path / name, "k", 2) as index:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vitkit.errors import UsageError
-from vitkit.evaluation import (
+from vitkit.evaluation.metrics import (
     Detection,
     GroundTruth,
     box_iou,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import BROKEN_SAMPLES, SAMPLE_DATA
 from vitkit.errors import UsageError
-from vitkit.viz import Tile, render_contact_sheet, write_contact_sheet
+from vitkit.outputs.html import Tile, render_contact_sheet, write_contact_sheet
 
 # "/" cannot be part of a POSIX file name, so this one is a folder "<script>alert(1)<" holding "script>.jpg";
 # SCRIPT_NAME is the nearest name one file can really have, and still opens a script element if left unescaped.
@@ -220,7 +220,7 @@ def test_write_replaces_atomically_and_leaves_no_temp_files(tmp_path: Path, monk
     def crash(*args, **kwargs) -> str:
         raise RuntimeError("crashed mid-render")
 
-    monkeypatch.setattr("vitkit.viz._render_tile", crash)
+    monkeypatch.setattr("vitkit.outputs.html._render_tile", crash)
     with pytest.raises(RuntimeError):
         write_contact_sheet(output, [Tile("nowhere.jpg")], "newer")
     assert "<h1>new</h1>" in output.read_text()

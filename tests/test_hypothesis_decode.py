@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vitkit.decode import decode_image, to_rgb
+from vitkit.inputs.decode import decode_image, to_rgb
 
 MODES = ("1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "I;16B", "I;16L", "F",
          "LA", "La", "PA", "RGBa", "RGBX")
@@ -50,8 +50,8 @@ def images(draw: Callable) -> Image.Image:
 @pytest.fixture(scope="session")
 def preprocessors(tiny_timm_dir: Path, tiny_open_clip_dir: Path) -> list[Callable[[Any], torch.Tensor]]:
     """The transforms the loader builds for a timm and an open_clip model, as the tasks use them."""
-    from vitkit.loading import load_model
-    from vitkit.registry import CLASSIFY, EMBED, resolve
+    from vitkit.models.loading import load_model
+    from vitkit.models.registry import CLASSIFY, EMBED, resolve
 
     timm_model = load_model(resolve(str(tiny_timm_dir), CLASSIFY), CLASSIFY, "cpu", "fp32")
     clip_model = load_model(resolve(str(tiny_open_clip_dir), EMBED), EMBED, "cpu", "fp32")

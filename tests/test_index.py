@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError, IndexSchemaError
-from vitkit.index import (
+from vitkit.retrieval.index import (
     DB_NAME,
     SCHEMA_VERSION,
     FileState,
@@ -104,7 +104,7 @@ def test_search_chunk_boundaries_do_not_change_results(tmp_path: Path, monkeypat
     queries = unit_vectors(3, seed=3)
     with VectorIndex.open_for_reading(tmp_path / "idx") as index:
         whole = index.search(queries, k=7)
-        monkeypatch.setattr("vitkit.index.SEARCH_BUFFER_BYTES", 16 * DIM * 4)  # 16 rows: 7 chunks, the last short
+        monkeypatch.setattr("vitkit.retrieval.index.SEARCH_BUFFER_BYTES", 16 * DIM * 4)  # 16 rows: 7 chunks, the last short
         chunked = index.search(queries, k=7)
     assert [as_pairs(h) for h in chunked] == [as_pairs(h) for h in whole]
 
@@ -255,7 +255,7 @@ def test_reader_sees_rows_committed_after_it_opened(tmp_path: Path) -> None:
 WRITER_SCRIPT = """
 import sys, time
 import numpy as np
-from vitkit.index import FileState, VectorIndex
+from vitkit.retrieval.index import FileState, VectorIndex
 folder, batches, per_batch, dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 vectors = np.random.default_rng(0).standard_normal((batches * per_batch, dim)).astype(np.float32)
 with VectorIndex.open_for_writing(folder, "test-clip", dim) as index:
@@ -372,7 +372,7 @@ def test_second_writer_in_the_same_process_is_refused_quickly(tmp_path: Path) ->
 
 def test_writer_in_another_process_holds_the_lock(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from vitkit.index import VectorIndex; "
+        [sys.executable, "-c", "import sys; from vitkit.retrieval.index import VectorIndex; "
          f"ix = VectorIndex.open_for_writing(sys.argv[1], {MODEL!r}, {DIM}); print('ready', flush=True); sys.stdin.read()",
          str(tmp_path / "idx")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -82,7 +82,7 @@ def test_incremental_index_counts_model_calls(photos: Path, tiny_open_clip_dir: 
 def brute_force(model_dir: Path, query: str, paths: list[Path]) -> list[tuple[str, float]]:
     import open_clip
 
-    from vitkit.decode import DecodeOptions, decode_image
+    from vitkit.inputs.decode import DecodeOptions, decode_image
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
@@ -191,9 +191,9 @@ def test_usage_errors(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
 
 def test_second_indexer_is_told_the_index_is_locked_while_search_works(photos: Path, tiny_open_clip_dir: Path,
                                                                        tmp_path: Path) -> None:
-    from vitkit.index import VectorIndex
-    from vitkit.indexing import get_model_key
-    from vitkit.registry import EMBED, resolve
+    from vitkit.retrieval.index import VectorIndex
+    from vitkit.retrieval.update import get_model_key
+    from vitkit.models.registry import EMBED, resolve
 
     index_dir = tmp_path / "idx"
     index_cmd(photos, tiny_open_clip_dir, index_dir)

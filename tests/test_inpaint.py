@@ -208,8 +208,8 @@ def test_reconstruction_matches_transformers_reference(tiny_transformers_mae_nor
     """transformers alone, with its own masking and the de-normalisation written out by hand."""
     from transformers import ViTImageProcessor, ViTMAEForPreTraining
 
-    from vitkit.loading import load_model
-    from vitkit.registry import INPAINT, resolve
+    from vitkit.models.loading import load_model
+    from vitkit.models.registry import INPAINT, resolve
     from vitkit.tasks.inpaint import InpaintOptions, InpaintTask
 
     image = Image.fromarray(upright(SAMPLE_DATA / "chelsea.jpg"))

@@ -119,7 +119,7 @@ def test_siglip_style_bias_gives_sigmoid_probabilities(tiny_open_clip_dir: Path,
                                  "--labels", "cat,dog", "--template", "{}", "--multi-label", "--threshold", "0"])
     preds = parse_jsonl(result.stdout)[0]["predictions"]
     with torch.no_grad():
-        from vitkit.decode import decode_image
+        from vitkit.inputs.decode import decode_image
 
         _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
         tok = open_clip.get_tokenizer(f"local-dir:{folder}")

@@ -66,7 +66,7 @@ def test_the_aspect_guard_leaves_panoramas_bit_identical(size: tuple[int, int]) 
     odd and even widths) must reach timm's eval transform untouched."""
     from timm.data import create_transform
 
-    from vitkit.backends.aspect import cap_aspect_ratio
+    from vitkit.models.backends.aspect import cap_aspect_ratio
 
     transform = create_transform(input_size=(3, 224, 224), crop_pct=0.9, interpolation="bicubic")
     image = Image.open(SAMPLE_DATA / "chelsea.jpg").convert("RGB").resize(size, Image.Resampling.BILINEAR)

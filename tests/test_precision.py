@@ -11,16 +11,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl
-from vitkit import acceleration
+from vitkit.models import acceleration
 from vitkit.cli import app
-from vitkit.decode import decode_image
-from vitkit.discover import InputItem
+from vitkit.inputs.decode import decode_image
+from vitkit.inputs.discover import InputItem
 from vitkit.errors import UsageError
-from vitkit.loading import load_model, resolve_precision, resolve_precision_name
-from vitkit.pixels import DeviceNormalize, split_normalize
-from vitkit.precision_check import compare_probabilities
-from vitkit.registry import CLASSIFY, ZEROSHOT, resolve
-from vitkit.runner import RunOptions, run
+from vitkit.models.loading import load_model, resolve_precision, resolve_precision_name
+from vitkit.inputs.pixels import DeviceNormalize, split_normalize
+from vitkit.models.precision_check import compare_probabilities
+from vitkit.models.registry import CLASSIFY, ZEROSHOT, resolve
+from vitkit.runtime.runner import RunOptions, run
 from vitkit.tasks.classify import ClassifyTask
 
 runner = CliRunner()
@@ -160,8 +160,8 @@ def test_threads_follow_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_channels_last_only_for_convolutional_backbones_on_cuda(tiny_timm_dir: Path, tiny_detr_dir: Path) -> None:
-    from vitkit.acceleration import prefers_channels_last
-    from vitkit.registry import DETECT
+    from vitkit.models.acceleration import prefers_channels_last
+    from vitkit.models.registry import DETECT
 
     detr = load_model(resolve(str(tiny_detr_dir), DETECT), DETECT, "cpu", "fp32").module
     vit = load_model(resolve(str(tiny_timm_dir), CLASSIFY), CLASSIFY, "cpu", "fp32").module

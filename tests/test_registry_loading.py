@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vitkit.errors import ModelLoadError, ModelNotCachedError, ModelTaskMismatchError, UnknownModelError, UsageError
-from vitkit.loading import is_hub_reachable, load_model, resolve_device, resolve_precision
-from vitkit.registry import CLASSIFY, EMBED, INPAINT, OPEN_CLIP, TIMM, TRANSFORMERS, ZEROSHOT, resolve, resolve_any
+from vitkit.models.loading import is_hub_reachable, load_model, resolve_device, resolve_precision
+from vitkit.models.registry import CLASSIFY, EMBED, INPAINT, OPEN_CLIP, TIMM, TRANSFORMERS, ZEROSHOT, resolve, resolve_any
 
 
 def test_catalogue_alias_and_default() -> None:

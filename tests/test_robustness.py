@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from tests import corpus
 from tests.conftest import SAMPLE_DATA, parse_jsonl, run_vitkit
 from tests.test_segment import tiny_segformer_dir  # noqa: F401 - a fixture, used by name
-from vitkit.backends.aspect import MARGIN
+from vitkit.models.backends.aspect import MARGIN
 from vitkit.cli import app
 
 GOOD = [SAMPLE_DATA / name for name in ("chelsea.jpg", "rocket.jpg", "coffee.jpg")]
@@ -455,21 +455,21 @@ class _Exploding:
 ])
 def test_any_exception_from_pillow_is_that_files_error(error: BaseException, reason: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from vitkit.data import ImageDataset
-    from vitkit.discover import InputItem
-    from vitkit.decode import DecodeOptions
+    from vitkit.inputs.data import ImageDataset
+    from vitkit.inputs.discover import InputItem
+    from vitkit.inputs.decode import DecodeOptions
 
     path = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(path)
-    monkeypatch.setattr("vitkit.decode.Image.open", lambda _: _Exploding(error))
+    monkeypatch.setattr("vitkit.inputs.decode.Image.open", lambda _: _Exploding(error))
     sample = ImageDataset([InputItem(str(path))], lambda image: image, DecodeOptions())[0]
     assert (sample.path, sample.error, sample.inputs) == (str(path), reason, None)
 
 
 def test_a_preprocess_failure_is_that_files_error(tmp_path: Path) -> None:
-    from vitkit.data import ImageDataset
-    from vitkit.discover import InputItem
-    from vitkit.decode import DecodeOptions
+    from vitkit.inputs.data import ImageDataset
+    from vitkit.inputs.discover import InputItem
+    from vitkit.inputs.decode import DecodeOptions
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
 
@@ -483,7 +483,7 @@ def test_a_preprocess_failure_is_that_files_error(tmp_path: Path) -> None:
 _FULL_DISK_WRITER = """
 import os, resource, signal, sys
 import numpy as np
-from vitkit.index import FileState, VectorIndex
+from vitkit.retrieval.index import FileState, VectorIndex
 folder, dim = sys.argv[1], int(sys.argv[2])
 try:
     with VectorIndex.open_for_writing(folder, "test-model", dim) as index:
@@ -502,7 +502,7 @@ def test_a_full_disk_during_a_vector_write_leaves_the_index_as_it_was(tmp_path: 
     """A file-size limit set after a successful open reaches the vector append itself (set before, SQLite's
     32 KiB -shm file hits it first). 3 rows of dim 512 fit in a write buffer, so a buffered write would
     fail only at flush, then again in the cleanup and in close, ending in a raw OSError."""
-    from vitkit.index import FileState, VectorIndex
+    from vitkit.retrieval.index import FileState, VectorIndex
 
     dim, folder = 512, tmp_path / "index"
     vector = np.ones(dim, dtype=np.float32)

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA
-from vitkit.discover import InputItem
-from vitkit.loading import load_model
-from vitkit.registry import CLASSIFY, DETECT, resolve
-from vitkit.report import Reporter
-from vitkit.runner import OUT_OF_MEMORY, RunOptions, has_non_finite, run
+from vitkit.inputs.discover import InputItem
+from vitkit.models.loading import load_model
+from vitkit.models.registry import CLASSIFY, DETECT, resolve
+from vitkit.runtime.report import Reporter
+from vitkit.runtime.runner import OUT_OF_MEMORY, RunOptions, has_non_finite, run
 from vitkit.tasks.classify import ClassifyTask
 from vitkit.tasks.detect import DetectTask
 
@@ -196,7 +196,7 @@ def test_default_batch_size_grows_on_a_gpu_and_an_explicit_one_is_kept() -> None
 def test_batches_grow_back_after_a_stretch_without_out_of_memory(
         tiny_timm_dir: Path, inputs: list[InputItem], monkeypatch: pytest.MonkeyPatch) -> None:
     """One out-of-memory batch (a huge padded image, say) must not keep a long run at small batches."""
-    from vitkit.runner import REGROW_AFTER_BATCHES
+    from vitkit.runtime.runner import REGROW_AFTER_BATCHES
 
     good = [item for item in inputs if BROKEN_SAMPLES[0] not in item.path]
     items = good * 8  # 48 inputs: 12 batches of 4

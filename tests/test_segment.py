@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl
-from vitkit import masks
+from vitkit.outputs import masks
 from vitkit.cli import app
 
 runner = CliRunner()
@@ -467,7 +467,7 @@ def test_channels_last_weights_give_the_same_segments(model_fixture: str, mode: 
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """GPUs get convolutional models in channels_last layout; the layout is device-independent, so its
     effect on every reshape in the model code is checked here on CPU (no GPU in CI)."""
-    from vitkit import loading
+    from vitkit.models import loading
 
     model_dir = str(request.getfixturevalue(model_fixture))
     paths = [str(SAMPLE_DATA / name) for name in GOOD_SAMPLES[:2]]

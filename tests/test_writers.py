@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vitkit.tasks.classify import CLASSIFY_LAYOUT
-from vitkit.writers import build_writer, open_writer, resolve_format
+from vitkit.outputs.writers import build_writer, open_writer, resolve_format
 
 RECORDS = [
     {"path": "=cmd|' /C calc'!A0.jpg", "width": 2, "height": 3,

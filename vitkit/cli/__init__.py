@@ -14,7 +14,7 @@ from vitkit.errors import EXIT_USAGE, VitkitError
 
 
 def _print_error(text: str) -> None:
-    from vitkit.distributed import stderr_prefix
+    from vitkit.runtime.distributed import stderr_prefix
 
     typer.echo(f"{stderr_prefix()}vitkit: error: {text}", err=True)
 

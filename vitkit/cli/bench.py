@@ -30,11 +30,11 @@ def bench(
 
     Example: vitkit bench --model vit-s16 --batch-size 32 --images 128 --size 4000x3000
     """
-    from vitkit.bench import COLUMNS, BenchOptions, parse_size, run_bench  # torch loads here
-    from vitkit.distributed import refuse_launch
-    from vitkit.report import Reporter
-    from vitkit.runner import RunOptions
-    from vitkit.writers import resolve_format, write_listing
+    from vitkit.runtime.bench import COLUMNS, BenchOptions, parse_size, run_bench  # torch loads here
+    from vitkit.runtime.distributed import refuse_launch
+    from vitkit.runtime.report import Reporter
+    from vitkit.runtime.runner import RunOptions
+    from vitkit.outputs.writers import resolve_format, write_listing
 
     refuse_launch("bench", "run it as one process, once per GPU with --device cuda:N")
 

@@ -9,7 +9,7 @@ import typer
 from vitkit.cli import options as o
 from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
 from vitkit.errors import UsageError
-from vitkit.registry import CAPTION, resolve
+from vitkit.models.registry import CAPTION, resolve
 
 MaxLength = Annotated[Optional[int], typer.Option(
     "--max-length", min=2, show_default=False,
@@ -58,10 +58,10 @@ def caption(
 
     Example: vitkit caption photos/ --sidecar
     """
-    from vitkit.distributed import is_launched
-    from vitkit.loading import load_model
-    from vitkit.report import Reporter
-    from vitkit.runner import RunOptions
+    from vitkit.runtime.distributed import is_launched
+    from vitkit.models.loading import load_model
+    from vitkit.runtime.report import Reporter
+    from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.caption import CaptionTask, SidecarWriter, plan_sidecars, resolve_beams
 
     if on_exists and not sidecar:

@@ -8,7 +8,7 @@ import typer
 
 from vitkit.cli import options as o
 from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.registry import CLASSIFY, resolve
+from vitkit.models.registry import CLASSIFY, resolve
 
 TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to report per image.")]
 
@@ -36,8 +36,8 @@ def classify(
 
     Example: vitkit classify photos/ --top-k 3 --format jsonl > labels.jsonl
     """
-    from vitkit.loading import load_model  # torch loads here, so `--help` stays instant
-    from vitkit.runner import RunOptions
+    from vitkit.models.loading import load_model  # torch loads here, so `--help` stays instant
+    from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.classify import ClassifyTask
 
     items = collect_inputs(inputs, files_from, null, shard)

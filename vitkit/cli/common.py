@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 import typer
 
-from vitkit.discover import InputItem, discover_inputs
+from vitkit.inputs.discover import InputItem, discover_inputs
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
-from vitkit.report import Reporter
-from vitkit.writers import open_writer, resolve_format
+from vitkit.runtime.report import Reporter
+from vitkit.outputs.writers import open_writer, resolve_format
 
 if TYPE_CHECKING:
-    from vitkit.distributed import RankContext
-    from vitkit.records import RecordLayout
-    from vitkit.runner import RunOptions
+    from vitkit.runtime.distributed import RankContext
+    from vitkit.outputs.records import RecordLayout
+    from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.base import Task
 
 
@@ -33,8 +33,8 @@ def collect_inputs(paths: list[str] | None, files_from: str | None, null_separat
     """The inputs this process works on: all of them, --shard's slice, and under torchrun this rank's
     part of that. Under torchrun only rank 0 discovers them (stdin can be read once, and a folder
     changing mid-scan must not give ranks different lists) and sends the list to the others."""
-    from vitkit.distributed import get_context
-    from vitkit.sharding import apply_shard
+    from vitkit.runtime.distributed import get_context
+    from vitkit.runtime.sharding import apply_shard
 
     context = get_context()
     if context is None:
@@ -80,7 +80,7 @@ def run_and_write(task: "Task", items: list[InputItem], run_options: "RunOptions
                   sinks: Sequence[RecordSink] = ()) -> None:
     """Stream records to the chosen writer; exit 1 if any input failed, after writing all the others.
     Under torchrun `items` is this rank's part and rank 0 writes every rank's records."""
-    from vitkit.distributed import finish, get_context
+    from vitkit.runtime.distributed import finish, get_context
 
     context = get_context()
     sinks = [*sinks, *([ContactSheetSink(out.html, task.layout, f"model {task.model.spec.id}")] if out.html else [])]
@@ -105,7 +105,7 @@ def run_and_write(task: "Task", items: list[InputItem], run_options: "RunOptions
 
 def _run_records(task: "Task", items: list[InputItem], run_options: "RunOptions", reporter: Reporter,
                  local_sinks: Sequence[RecordSink]) -> Iterator[dict[str, Any]]:
-    from vitkit.runner import run
+    from vitkit.runtime.runner import run
 
     for record in run(task, items, run_options, reporter):
         as_dict = record.to_dict()
@@ -167,7 +167,7 @@ class ContactSheetSink:
 
 
 def write_sheet(path: str, records: list[dict], layout: "RecordLayout", subtitle: str) -> None:
-    from vitkit.viz import Tile, write_contact_sheet
+    from vitkit.outputs.html import Tile, write_contact_sheet
 
     tiles = [Tile(r["path"], () if "error" in r else (layout.describe(r),), r.get("error")) for r in records]
     write_contact_sheet(path, tiles, title="vitkit results", subtitle=subtitle)

@@ -8,7 +8,7 @@ import typer
 
 from vitkit.cli import options as o
 from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.registry import DETECT, resolve
+from vitkit.models.registry import DETECT, resolve
 
 Threshold = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Minimum detection score.")]
 Classes = Annotated[Optional[str], typer.Option("--classes", help="Keep only these labels, comma-separated (e.g. 'person,dog').")]
@@ -45,9 +45,9 @@ def detect(
 
     Example: vitkit detect photos/ --classes person,dog --out-dir annotated/ --coco detections.json
     """
-    from vitkit.coco import CocoResultsSink
-    from vitkit.loading import load_model
-    from vitkit.runner import RunOptions
+    from vitkit.evaluation.coco import CocoResultsSink
+    from vitkit.models.loading import load_model
+    from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.detect import DetectOptions, DetectTask
 
     items = collect_inputs(inputs, files_from, null, shard)

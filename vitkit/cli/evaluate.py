@@ -8,7 +8,7 @@ import typer
 
 from vitkit.cli import options as o
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED
-from vitkit.registry import DETECT, resolve
+from vitkit.models.registry import DETECT, resolve
 
 app = typer.Typer(help="Evaluate models against ground truth.", no_args_is_help=True)
 
@@ -38,14 +38,14 @@ def eval_detect(
 
     Example: vitkit eval detect --coco-gt instances_val2017.json val2017/
     """
-    from vitkit.detect_eval import evaluate_detector
-    from vitkit.distributed import refuse_launch
-    from vitkit.evaluation import load_coco_ground_truth
-    from vitkit.loading import load_model
-    from vitkit.report import Reporter
-    from vitkit.runner import RunOptions
+    from vitkit.evaluation.detect import evaluate_detector
+    from vitkit.runtime.distributed import refuse_launch
+    from vitkit.evaluation.metrics import load_coco_ground_truth
+    from vitkit.models.loading import load_model
+    from vitkit.runtime.report import Reporter
+    from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.detect import DetectOptions, DetectTask
-    from vitkit.writers import resolve_format, write_listing
+    from vitkit.outputs.writers import resolve_format, write_listing
 
     refuse_launch("eval detect", "run it as one process; `vitkit detect` runs under torchrun")
 

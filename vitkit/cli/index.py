@@ -46,11 +46,11 @@ def index(
     """
     from dataclasses import asdict
 
-    from vitkit.distributed import finish, get_context
-    from vitkit.indexing import IndexOptions, index_folders, merge_indexes
-    from vitkit.report import Reporter
-    from vitkit.runner import RunOptions
-    from vitkit.writers import resolve_format, write_listing
+    from vitkit.runtime.distributed import finish, get_context
+    from vitkit.retrieval.update import IndexOptions, index_folders, merge_indexes
+    from vitkit.runtime.report import Reporter
+    from vitkit.runtime.runner import RunOptions
+    from vitkit.outputs.writers import resolve_format, write_listing
 
     if not folders and not merge_from:
         raise UsageError("no folders given", hint="vitkit index FOLDER..., or --merge-from SHARD_DIR ... --index DIR")

@@ -8,7 +8,7 @@ import typer
 
 from vitkit.cli import options as o
 from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.registry import INPAINT, resolve
+from vitkit.models.registry import INPAINT, resolve
 
 MaskRatio = Annotated[Optional[float], typer.Option(
     "--mask-ratio", min=0.0, max=1.0,
@@ -60,8 +60,8 @@ def inpaint(
 
     Example: vitkit inpaint photos/ --box 40,60,200,180 --out-dir inpainted/ --grid
     """
-    from vitkit.loading import load_model
-    from vitkit.runner import RunOptions
+    from vitkit.models.loading import load_model
+    from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.inpaint import InpaintOptions, InpaintTask, parse_box
 
     options = InpaintOptions(out_dir, mask_ratio, seed, parse_box(box) if box is not None else None, mask, grid,

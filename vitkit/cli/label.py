@@ -8,7 +8,7 @@ import typer
 
 from vitkit.cli import options as o
 from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.registry import ZEROSHOT, resolve
+from vitkit.models.registry import ZEROSHOT, resolve
 
 Labels = Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. 'cat,dog,car'.")]
 LabelsFile = Annotated[Optional[str], typer.Option("--labels-file", metavar="FILE", help="One label a line ('#' comments).")]
@@ -54,8 +54,8 @@ def label(
 
     Example: vitkit label photos/ --labels "cat,dog,rocket" --top-k 2
     """
-    from vitkit.loading import load_model
-    from vitkit.runner import RunOptions
+    from vitkit.models.loading import load_model
+    from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.zeroshot import ZeroShotTask, resolve_labels, resolve_templates
 
     names, prompts = resolve_labels(labels, labels_file), resolve_templates(template, templates)

@@ -6,12 +6,12 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from vitkit.cache import format_bytes, get_cached_sizes, get_hub_repo_id
+from vitkit.models.cache import format_bytes, get_cached_sizes, get_hub_repo_id
 from vitkit.cli import options as o
 from vitkit.errors import EXIT_MODEL, ModelNotCachedError, VitkitError
-from vitkit.registry import DEFAULT_MODELS, ModelSpec, list_catalogue, resolve_any
-from vitkit.report import Reporter
-from vitkit.writers import resolve_format, write_listing
+from vitkit.models.registry import DEFAULT_MODELS, ModelSpec, list_catalogue, resolve_any
+from vitkit.runtime.report import Reporter
+from vitkit.outputs.writers import resolve_format, write_listing
 
 app = typer.Typer(help="List, inspect and pre-download models.", no_args_is_help=True)
 
@@ -69,7 +69,7 @@ def pull(names: Annotated[list[str], typer.Argument(help="Aliases or references 
 
     Example: vitkit models pull vit-b16 clip-b32
     """
-    from vitkit.loading import load_model
+    from vitkit.models.loading import load_model
 
     reporter = Reporter(quiet=quiet)
     failed = 0

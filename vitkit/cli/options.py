@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from vitkit.decode import DEFAULT_MAX_PIXELS
+from vitkit.inputs.decode import DEFAULT_MAX_PIXELS
 
 Inputs = Annotated[Optional[list[str]], typer.Argument(
     help="Image files, folders (searched recursively, hidden files skipped) or quoted globs.", show_default=False)]

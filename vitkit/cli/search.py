@@ -47,12 +47,12 @@ def search(
     Example: vitkit search --text "a dog on a beach" ~/Pictures -k 5
     """
     from vitkit.cli.common import write_sheet
-    from vitkit.distributed import refuse_launch
-    from vitkit.indexing import IndexOptions
-    from vitkit.report import Reporter
-    from vitkit.runner import RunOptions
-    from vitkit.searching import SEARCH_LAYOUT, search_images
-    from vitkit.writers import open_output, open_writer, resolve_format
+    from vitkit.runtime.distributed import refuse_launch
+    from vitkit.retrieval.update import IndexOptions
+    from vitkit.runtime.report import Reporter
+    from vitkit.runtime.runner import RunOptions
+    from vitkit.retrieval.search import SEARCH_LAYOUT, search_images
+    from vitkit.outputs.writers import open_output, open_writer, resolve_format
 
     refuse_launch("search", "build the index under torchrun (`vitkit index`), then search in one process")
 

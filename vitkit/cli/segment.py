@@ -8,7 +8,7 @@ import typer
 
 from vitkit.cli import options as o
 from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.registry import DEFAULT_SEGMENT_MODELS, SEGMENT, resolve
+from vitkit.models.registry import DEFAULT_SEGMENT_MODELS, SEGMENT, resolve
 
 Mode = Annotated[Literal["semantic", "panoptic", "text"], typer.Option(
     "--mode", help="semantic: a class for every pixel (SegFormer); panoptic: numbered object and stuff segments "
@@ -55,8 +55,8 @@ def segment(
 
     Example: vitkit segment photos/ --mode text --prompt 'a dog' --prompt grass --out-dir masks/
     """
-    from vitkit.loading import load_model
-    from vitkit.runner import RunOptions
+    from vitkit.models.loading import load_model
+    from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.segment import SegmentOptions, SegmentTask
 
     options = SegmentOptions(mode, tuple(prompt or ()), out_dir, alpha, instances, min_area, max_pixels)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from vitkit.data import Preprocess, Sample
+from vitkit.inputs.data import Preprocess, Sample
 from vitkit.errors import InputError, OutputError
-from vitkit.loading import LoadedModel
-from vitkit.records import RecordLayout
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.records import RecordLayout
 
 
 class Task(Protocol):

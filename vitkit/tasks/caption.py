@@ -10,15 +10,15 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.backends.open_clip_ import OpenClipAssets, resize_size
-from vitkit.data import Sample
-from vitkit.decoding import beam_search_decode, greedy_decode
-from vitkit.discover import InputItem
+from vitkit.models.backends.open_clip_ import OpenClipAssets, resize_size
+from vitkit.inputs.data import Sample
+from vitkit.models.backends.coca_decoding import beam_search_decode, greedy_decode
+from vitkit.inputs.discover import InputItem
 from vitkit.errors import OutputError, UsageError
-from vitkit.loading import LoadedModel
-from vitkit.outputs import atomic_write_path
-from vitkit.records import RecordLayout
-from vitkit.report import Reporter
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.files import atomic_write_path
+from vitkit.outputs.records import RecordLayout
+from vitkit.runtime.report import Reporter
 
 # open_clip's CoCa.generate defaults to beam search with 6 beams (in 3 diverse groups). Beam search
 # gives better captions than greedy decoding; 3 beams keep most of that at about half the CPU cost

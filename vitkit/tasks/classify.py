@@ -6,11 +6,11 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.backends.timm_ import TimmAssets, resize_size
-from vitkit.data import Sample
+from vitkit.models.backends.timm_ import TimmAssets, resize_size
+from vitkit.inputs.data import Sample
 from vitkit.errors import UsageError
-from vitkit.loading import LoadedModel
-from vitkit.records import RecordLayout, explode_rows
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.records import RecordLayout, explode_rows
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -7,13 +7,13 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
-from vitkit.data import Sample
-from vitkit.decode import DEFAULT_MAX_PIXELS
+from vitkit.models.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
+from vitkit.inputs.data import Sample
+from vitkit.inputs.decode import DEFAULT_MAX_PIXELS
 from vitkit.errors import InputError, UsageError
-from vitkit.loading import LoadedModel
-from vitkit.outputs import OutputPlanner
-from vitkit.records import RecordLayout, explode_rows
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.files import OutputPlanner
+from vitkit.outputs.records import RecordLayout, explode_rows
 from vitkit.tasks.base import file_outputs
 
 # libjpeg's largest side; an annotated image longer than this is written as PNG.
@@ -97,9 +97,9 @@ def write_annotated(planner: OutputPlanner, sample: Sample, detections: list[dic
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Boxes drawn on the full-resolution, EXIF-oriented image; written even when nothing was found.
     JPEG, or PNG for an image too long for JPEG (the path returned says which)."""
-    from vitkit.decode import DecodeOptions, decode_image
-    from vitkit.draw import draw_detections
-    from vitkit.outputs import save_image
+    from vitkit.inputs.decode import DecodeOptions, decode_image
+    from vitkit.outputs.boxes import draw_detections
+    from vitkit.outputs.files import save_image
 
     image = draw_detections(decode_image(sample.path, DecodeOptions(max_pixels=max_pixels)).image, detections)
     if max(image.size) > JPEG_MAX_SIDE:

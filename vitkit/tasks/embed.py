@@ -7,12 +7,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vitkit.backends.open_clip_ import OpenClipAssets, encode_images, encode_texts, resize_size
-from vitkit.data import Sample
+from vitkit.models.backends.open_clip_ import OpenClipAssets, encode_images, encode_texts, resize_size
+from vitkit.inputs.data import Sample
 from vitkit.errors import UsageError
-from vitkit.loading import LoadedModel
-from vitkit.records import RecordLayout
-from vitkit.runner import autocast_for
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.records import RecordLayout
+from vitkit.runtime.runner import autocast_for
 
 EMBED_LAYOUT = RecordLayout(
     csv_columns=("path", "width", "height", "error"),

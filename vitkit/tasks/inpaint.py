@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vitkit.backends.hf import HfAssets, processor_short_side
-from vitkit.data import Sample
-from vitkit.decode import DEFAULT_MAX_PIXELS, DecodeOptions, decode_image
+from vitkit.models.backends.hf import HfAssets, processor_short_side
+from vitkit.inputs.data import Sample
+from vitkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeOptions, decode_image
 from vitkit.errors import InputError, UsageError
-from vitkit.loading import LoadedModel
-from vitkit.outputs import OutputPlanner, save_image
-from vitkit.records import RecordLayout
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.files import OutputPlanner, save_image
+from vitkit.outputs.records import RecordLayout
 from vitkit.tasks.base import file_outputs
 
 DEFAULT_MASK_RATIO = 0.75  # MAE's pre-training ratio
@@ -283,7 +283,7 @@ class InpaintTask:
 
     def reconstruct(self, pixel_values: torch.Tensor, masked: torch.Tensor) -> list[Reconstruction]:
         """(B, 3, S, S) inputs and (B, N) bool masks -> one reconstruction per image."""
-        from vitkit.runner import autocast_for
+        from vitkit.runtime.runner import autocast_for
 
         module = self.model.module
         masked = masked.to(pixel_values.device)

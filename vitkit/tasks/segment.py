@@ -10,14 +10,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from vitkit import masks
-from vitkit.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
-from vitkit.data import Sample
-from vitkit.decode import DEFAULT_MAX_PIXELS, DecodeOptions, decode_image
+from vitkit.outputs import masks
+from vitkit.models.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
+from vitkit.inputs.data import Sample
+from vitkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeOptions, decode_image
 from vitkit.errors import InputError, UsageError
-from vitkit.loading import LoadedModel
-from vitkit.outputs import OutputPlanner, save_image
-from vitkit.records import RecordLayout, explode_rows
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.files import OutputPlanner, save_image
+from vitkit.outputs.records import RecordLayout, explode_rows
 from vitkit.tasks.base import file_outputs
 
 SEMANTIC, PANOPTIC, TEXT = "semantic", "panoptic", "text"

@@ -7,12 +7,12 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.backends.open_clip_ import OpenClipAssets, encode_images, resize_size
-from vitkit.data import Sample
+from vitkit.models.backends.open_clip_ import OpenClipAssets, encode_images, resize_size
+from vitkit.inputs.data import Sample
 from vitkit.errors import UsageError
-from vitkit.loading import LoadedModel
-from vitkit.records import RecordLayout, explode_rows
-from vitkit.runner import autocast_for
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.records import RecordLayout, explode_rows
+from vitkit.runtime.runner import autocast_for
 
 # Built-in ensembles, as format strings so they can be shown and saved. imagenet7 is the 7-prompt
 # subset the CLIP authors selected for ImageNet (open_clip's SIMPLE_IMAGENET_TEMPLATES); imagenet80

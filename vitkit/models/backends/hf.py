@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from vitkit.backends.aspect import squash_long_side
+from vitkit.models.backends.aspect import squash_long_side
 from vitkit.errors import ModelTaskMismatchError
-from vitkit.registry import CLASSIFY, DETECT, INPAINT, SEGMENT, ModelSpec
+from vitkit.models.registry import CLASSIFY, DETECT, INPAINT, SEGMENT, ModelSpec
 
 # Aspect-keeping processors fit the long side into `longest_edge`; images are squashed only as far as
 # keeps the short side at least this many pixels (a 1 x 5000 image would come out 0 pixels wide).

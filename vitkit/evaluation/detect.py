@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from vitkit.discover import InputItem
-from vitkit.evaluation import Detection, DetectionMetrics, GroundTruth, evaluate_detections
-from vitkit.report import Reporter
-from vitkit.runner import RunOptions, run
+from vitkit.inputs.discover import InputItem
+from vitkit.evaluation.metrics import Detection, DetectionMetrics, GroundTruth, evaluate_detections
+from vitkit.runtime.report import Reporter
+from vitkit.runtime.runner import RunOptions, run
 from vitkit.tasks.detect import DetectTask
 
 

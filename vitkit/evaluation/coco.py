@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from vitkit.writers import open_output
+from vitkit.outputs.writers import open_output
 
 
 class CocoResultsSink:

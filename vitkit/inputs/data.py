@@ -9,9 +9,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from vitkit.acceleration import available_cores
-from vitkit.decode import DecodeOptions, decode_image
-from vitkit.discover import InputItem
+from vitkit.models.acceleration import available_cores
+from vitkit.inputs.decode import DecodeOptions, decode_image
+from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError
 
 Preprocess = Callable[[Any], Any]  # PIL RGB image -> tensor (or dict of tensors); must be picklable

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vitkit.registry import OPEN_CLIP, TIMM, TRANSFORMERS, ModelSpec
+from vitkit.models.registry import OPEN_CLIP, TIMM, TRANSFORMERS, ModelSpec
 
 
 def get_hub_repo_id(spec: ModelSpec) -> str | None:

@@ -8,17 +8,17 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from vitkit.discover import InputItem, discover_inputs
+from vitkit.inputs.discover import InputItem, discover_inputs
 from vitkit.errors import IndexModelMismatchError, UsageError
-from vitkit.index import FileState, MergeCounts, VectorIndex, file_state
-from vitkit.registry import ModelSpec
-from vitkit.report import Reporter
-from vitkit.runner import RunOptions, run
-from vitkit.sharding import apply_shard
+from vitkit.retrieval.index import FileState, MergeCounts, VectorIndex, file_state
+from vitkit.models.registry import ModelSpec
+from vitkit.runtime.report import Reporter
+from vitkit.runtime.runner import RunOptions, run
+from vitkit.runtime.sharding import apply_shard
 from vitkit.tasks.embed import EmbedTask
 
 if TYPE_CHECKING:
-    from vitkit.distributed import RankContext
+    from vitkit.runtime.distributed import RankContext
 
 INDEX_DIR_ENV = "VITKIT_INDEX_DIR"
 HOME_ENV = "VITKIT_HOME"
@@ -63,9 +63,9 @@ def index_folders(folders: Sequence[str], options: IndexOptions, reporter: Repor
     """Load the model, take the writer lock, and bring the index up to date with `folders`.
     Under torchrun every rank embeds a part and rank 0 alone opens and writes the index; the other
     ranks return zero counts."""
-    from vitkit.distributed import get_context
-    from vitkit.loading import load_model
-    from vitkit.registry import EMBED, resolve
+    from vitkit.runtime.distributed import get_context
+    from vitkit.models.loading import load_model
+    from vitkit.models.registry import EMBED, resolve
 
     spec = resolve(options.model, EMBED)
     context = get_context()
@@ -85,7 +85,7 @@ def index_folders(folders: Sequence[str], options: IndexOptions, reporter: Repor
 def merge_indexes(sources: Sequence[str], options: IndexOptions) -> tuple[Path, MergeCounts]:
     """Merge shard indexes (e.g. from `vitkit index --shard I/N --index DIR`) into `options.index_dir`.
     No model is loaded: the shards' model key must match the target's, and --model's when given."""
-    from vitkit.registry import EMBED, resolve
+    from vitkit.models.registry import EMBED, resolve
 
     spec = resolve(options.model, EMBED) if options.model or not options.index_dir else None
     target = Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)
@@ -178,7 +178,7 @@ def _embed_across_ranks(task: EmbedTask, to_embed: Sequence[tuple[str, str]], op
                         reporter: Reporter) -> Iterator[list[tuple]]:
     """Rank 0's batches as they complete (committed as they come), then under torchrun the other
     ranks' batches once they are done; ranks take contiguous parts of `to_embed`."""
-    from vitkit.distributed import get_context
+    from vitkit.runtime.distributed import get_context
 
     context = get_context()
     if context is None:

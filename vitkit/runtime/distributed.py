@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 from vitkit.errors import UsageError
-from vitkit.sharding import Shard, select_shard
+from vitkit.runtime.sharding import Shard, select_shard
 
 if TYPE_CHECKING:
     import torch

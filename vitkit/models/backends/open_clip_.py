@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from vitkit.backends.aspect import cap_aspect_ratio
+from vitkit.models.backends.aspect import cap_aspect_ratio
 from vitkit.errors import ModelLoadError
-from vitkit.registry import ModelSpec
+from vitkit.models.registry import ModelSpec
 
 
 @dataclass(frozen=True)

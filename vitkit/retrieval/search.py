@@ -8,13 +8,13 @@ from typing import Sequence
 
 import numpy as np
 
-from vitkit.discover import InputItem
+from vitkit.inputs.discover import InputItem
 from vitkit.errors import UsageError
-from vitkit.index import Hit, VectorIndex
-from vitkit.indexing import IndexCounts, IndexOptions, get_model_key, index_folders
-from vitkit.records import RecordLayout
-from vitkit.report import Reporter
-from vitkit.runner import run
+from vitkit.retrieval.index import Hit, VectorIndex
+from vitkit.retrieval.update import IndexCounts, IndexOptions, get_model_key, index_folders
+from vitkit.outputs.records import RecordLayout
+from vitkit.runtime.report import Reporter
+from vitkit.runtime.runner import run
 from vitkit.tasks.embed import EmbedTask
 
 SEARCH_LAYOUT = RecordLayout(

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError, IndexSchemaError
-from vitkit.outputs import NO_SPACE, NOT_WRITABLE, get_write_failure_kind
+from vitkit.outputs.files import NO_SPACE, NOT_WRITABLE, get_write_failure_kind
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitkit.errors import UsageError
-from vitkit.outputs import atomic_write_path, output_errors
-from vitkit.records import RecordLayout
+from vitkit.outputs.files import atomic_write_path, output_errors
+from vitkit.outputs.records import RecordLayout
 
 FORMATS = ("auto", "table", "json", "jsonl", "csv")
 _EXTENSION_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table"}

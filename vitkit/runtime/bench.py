@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops
 
-from vitkit.decode import DecodeOptions, decode_image
-from vitkit.discover import InputItem
+from vitkit.inputs.decode import DecodeOptions, decode_image
+from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError, UsageError
-from vitkit.loading import LoadedModel, load_model
-from vitkit.registry import CLASSIFY, EMBED, ModelSpec, get_default_model, resolve_any
-from vitkit.report import Reporter
-from vitkit.runner import RunOptions, forward_batch, run
+from vitkit.models.loading import LoadedModel, load_model
+from vitkit.models.registry import CLASSIFY, EMBED, ModelSpec, get_default_model, resolve_any
+from vitkit.runtime.report import Reporter
+from vitkit.runtime.runner import RunOptions, forward_batch, run
 
 BENCH_CAPABILITIES = (CLASSIFY, EMBED)  # tasks whose forward is one image batch in, one tensor out
 COLUMNS = ("model", "task", "device", "precision", "batch_size", "images", "image_size",

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 import torch
 
-from vitkit.backends.aspect import cap_aspect_ratio
-from vitkit.registry import ModelSpec
+from vitkit.models.backends.aspect import cap_aspect_ratio
+from vitkit.models.registry import ModelSpec
 
 LABELS_FILE = "labels.txt"  # optional, one label a line, for custom checkpoints without label_names
 

@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from vitkit.errors import UsageError
-from vitkit.registry import OPEN_CLIP
+from vitkit.models.registry import OPEN_CLIP
 
 
 def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:

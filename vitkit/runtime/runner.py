@@ -9,13 +9,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from vitkit.data import Batch, Sample, default_workers, iterate_batches, move_to_device, slice_inputs
-from vitkit.decode import DEFAULT_MAX_PIXELS, DecodeOptions
-from vitkit.discover import InputItem
+from vitkit.inputs.data import Batch, Sample, default_workers, iterate_batches, move_to_device, slice_inputs
+from vitkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeOptions
+from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError
-from vitkit.pixels import DeviceNormalize, split_normalize
-from vitkit.records import Record
-from vitkit.report import Reporter
+from vitkit.inputs.pixels import DeviceNormalize, split_normalize
+from vitkit.outputs.records import Record
+from vitkit.runtime.report import Reporter
 from vitkit.tasks.base import Task
 
 
@@ -157,7 +157,7 @@ class BatchInference:
 
 def forward_batch(task: Task, inputs: Any, dtype: torch.dtype, normalize: DeviceNormalize | None = None) -> Any:
     """The one place a task's forward runs: inputs already on the device, uint8 pixels normalised
-    there (see vitkit/pixels.py), inference mode, autocast to `dtype` unless it is fp32."""
+    there (see vitkit/inputs/pixels.py), inference mode, autocast to `dtype` unless it is fp32."""
     with torch.inference_mode():
         if normalize is not None:
             inputs = normalize(inputs)

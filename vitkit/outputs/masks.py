@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from vitkit.draw import PALETTE as TABLEAU_10
+from vitkit.outputs.boxes import PALETTE as TABLEAU_10
 from vitkit.errors import OutputError
 
 L_MAX = 255

@@ -11,10 +11,10 @@ from urllib.parse import urlparse
 
 import torch
 
-from vitkit.acceleration import (check_compile_works, compile_hot_module, configure_threads, prefers_channels_last,
+from vitkit.models.acceleration import (check_compile_works, compile_hot_module, configure_threads, prefers_channels_last,
                                  quantize_int8)
 from vitkit.errors import ModelLoadError, ModelNotCachedError, UsageError
-from vitkit.registry import OPEN_CLIP, TIMM, TRANSFORMERS, ModelSpec
+from vitkit.models.registry import OPEN_CLIP, TIMM, TRANSFORMERS, ModelSpec
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # name -> the dtype the runner autocasts to. int8 keeps fp32 compute outside the quantised Linear layers.
@@ -38,7 +38,7 @@ class LoadedModel:
 def resolve_device(name: str = "auto") -> torch.device:
     if name not in DEVICES and not name.startswith("cuda:"):
         raise UsageError(f"unknown device {name!r}", hint=f"use one of {', '.join(DEVICES)}")
-    from vitkit.distributed import rank_device  # under torchrun each rank takes its own GPU
+    from vitkit.runtime.distributed import rank_device  # under torchrun each rank takes its own GPU
 
     if (device := rank_device(name)) is not None:
         return device
@@ -123,15 +123,15 @@ def _load_uncached(spec: ModelSpec, capability: str, offline: bool, trust_remote
         prepare_hub_access(offline)
     try:
         if spec.backend == TIMM:
-            from vitkit.backends.timm_ import load_timm
+            from vitkit.models.backends.timm_ import load_timm
 
             return load_timm(spec)
         if spec.backend == OPEN_CLIP:
-            from vitkit.backends.open_clip_ import load_open_clip
+            from vitkit.models.backends.open_clip_ import load_open_clip
 
             return load_open_clip(spec)
         if spec.backend == TRANSFORMERS:
-            from vitkit.backends.hf import load_transformers
+            from vitkit.models.backends.hf import load_transformers
 
             return load_transformers(spec, capability, trust_remote_code)
     except ModelLoadError:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from vitkit.decode import DecodeOptions, decode_image
+from vitkit.inputs.decode import DecodeOptions, decode_image
 from vitkit.errors import InputError, UsageError
-from vitkit.writers import open_output
+from vitkit.outputs.writers import open_output
 
 JPEG_QUALITY = 80
 # The page runs nothing and fetches nothing: thumbnails are data: URIs and the only style is inline.

@@ -1,0 +1,1 @@
+"""Evaluation: COCO-style detection metrics and COCO import/export."""

@@ -1,0 +1,1 @@
+"""Inputs: discovery (files, folders, globs, lists), safe decoding, and the batched dataloader."""

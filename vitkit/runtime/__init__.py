@@ -1,0 +1,1 @@
+"""Running: the one runner, torchrun and --shard, progress on stderr, benchmarking."""
