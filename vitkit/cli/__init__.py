@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Any, Optional
+import traceback
+from typing import Annotated, Any, Callable, Optional, get_args
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from vitkit import __version__
 from vitkit.errors import EXIT_USAGE, VitkitError
@@ -25,14 +26,61 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _report(exc: VitkitError) -> None:
+    """vitkit's one error line, after the traceback behind it when VITKIT_DEBUG is set."""
+    if os.environ.get("VITKIT_DEBUG"):
+        traceback.print_exception(exc, file=sys.stderr)
+    _print_error(exc.one_line())
+
+
+class _PlainArgument(TyperArgument):
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None  # the argument's name says it; Typer would add a Python type such as <list[str]>
+
+
+def _metavar(param: TyperOption) -> str:
+    described = param.type_descriptor
+    if described.choices:
+        return "|".join(map(str, described.choices))
+    kind = get_args(described.annotation)[0] if described.is_list else described.annotation
+    return {int: "N", float: "NUMBER"}.get(kind, "TEXT")
+
+
+def _without_type(get_help_option: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def get(ctx: Any) -> Any:
+        option = get_help_option(ctx)  # made afresh for each help page
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return get
+
+
+def plain_metavars(command: Any) -> None:
+    """Help in click's words rather than Python's: flags show no type, values an upper-case name
+    (Typer otherwise prints `<bool>`, `<list[str]>`, `<str>`)."""
+    command.get_help_option = _without_type(command.get_help_option)
+    for param in command.params:
+        if isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = "" if param.is_flag else _metavar(param)
+        elif isinstance(param, TyperArgument):
+            param.__class__ = _PlainArgument
+            if param.nargs != 1:  # Typer would show "inputs..." beside "[INPUTS]..." in the usage line
+                param.metavar = param.metavar or param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
+
+
 class VitkitGroup(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        plain_metavars(self)
+
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except VitkitError as exc:
-            if os.environ.get("VITKIT_DEBUG"):
-                raise
-            _print_error(exc.one_line())
+            _report(exc)
             ctx.exit(exc.exit_code)
         except BrokenPipeError:
             _silence_stdout()
@@ -103,5 +151,5 @@ def main() -> None:
         _silence_stdout()
         sys.exit(0)
     except VitkitError as exc:  # raised outside a command, e.g. while parsing
-        _print_error(exc.one_line())
+        _report(exc)
         sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)

@@ -6,39 +6,19 @@ from typing import Annotated
 
 import typer
 
-from vitkit.cli import options as o
+from vitkit.cli.options import command
+from vitkit.jobs import run_bench
+from vitkit.pipeline import BatchOptions, ModelOptions, OutputOptions, write_rows
 
 Images = Annotated[int, typer.Option("--images", "-n", min=1, help="How many JPEGs to generate and run end to end.")]
 Size = Annotated[str, typer.Option("--size", metavar="WxH", help="Pixel size of the generated JPEGs.")]
 
 
-def bench(
-    model: o.Model = None,
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    batch_size: o.BatchSize = None,
-    images: Images = 64,
-    size: Size = "1920x1080",
-    workers: o.Workers = None,
-    no_draft: o.NoDraft = False,
-    offline: o.Offline = False,
-    compile_model: o.Compile = False,
-    format: o.Format = "auto",
-    quiet: o.Quiet = False,
-) -> None:
+@command(omit=("max_pixels", "output", "html"))
+def bench(images: Images = 64, size: Size = "1920x1080", *, model: ModelOptions, batch: BatchOptions,
+          out: OutputOptions) -> int:
     """Measure a model's throughput alone and from JPEG files to results (classifiers, or CLIP image embeddings).
 
     Example: vitkit bench --model vit-s16 --batch-size 32 --images 128 --size 4000x3000
     """
-    from vitkit.runtime.bench import COLUMNS, BenchOptions, parse_size, run_bench  # torch loads here
-    from vitkit.runtime.distributed import refuse_launch
-    from vitkit.runtime.report import Reporter
-    from vitkit.runtime.runner import RunOptions
-    from vitkit.outputs.writers import resolve_format, write_listing
-
-    refuse_launch("bench", "run it as one process, once per GPU with --device cuda:N")
-
-    options = BenchOptions(model, device, precision, batch_size, images, parse_size(size),
-                           RunOptions(batch_size, workers, not no_draft), offline, compile_model)
-    result = run_bench(options, Reporter(quiet=quiet))
-    write_listing([result.to_row()], COLUMNS, resolve_format(format, None))
+    return write_rows(run_bench(model, batch, images=images, size=size, quiet=out.quiet), out)

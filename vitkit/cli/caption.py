@@ -6,10 +6,9 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from vitkit.cli import options as o
-from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.errors import UsageError
-from vitkit.models.registry import CAPTION, resolve
+from vitkit.cli.options import command
+from vitkit.jobs import plan_caption
+from vitkit.pipeline import BatchOptions, InputOptions, ModelOptions, OutputOptions, execute
 
 MaxLength = Annotated[Optional[int], typer.Option(
     "--max-length", min=2, show_default=False,
@@ -30,52 +29,14 @@ OnExists = Annotated[Optional[Literal["skip", "overwrite"]], typer.Option(
     help="With --sidecar, for images whose caption file exists: skip (default; no record, no model run) or overwrite.")]
 
 
-def caption(
-    inputs: o.Inputs = None,
-    model: o.Model = None,
-    max_length: MaxLength = None,
-    beams: Beams = None,
-    greedy: Greedy = False,
-    prefix: Prefix = None,
-    sidecar: Sidecar = False,
-    on_exists: OnExists = None,
-    files_from: o.FilesFrom = None,
-    null: o.NullSeparated = False,
-    format: o.Format = "auto",
-    output: o.Output = None,
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    batch_size: o.BatchSize = None,
-    workers: o.Workers = None,
-    max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
-    no_draft: o.NoDraft = False,
-    offline: o.Offline = False,
-    compile_model: o.Compile = False,
-    shard: o.Shard = None,
-    quiet: o.Quiet = False,
-) -> None:
+@command()
+def caption(inputs: InputOptions, max_length: MaxLength = None, beams: Beams = None, greedy: Greedy = False,
+            prefix: Prefix = None, sidecar: Sidecar = False, on_exists: OnExists = None, *, model: ModelOptions,
+            batch: BatchOptions, out: OutputOptions) -> int:
     """Caption images with a CoCa model (default: coca-b32), by beam search (3 beams) or --greedy.
 
     Example: vitkit caption photos/ --sidecar
     """
-    from vitkit.runtime.distributed import is_launched
-    from vitkit.models.loading import load_model
-    from vitkit.runtime.report import Reporter
-    from vitkit.runtime.runner import RunOptions
-    from vitkit.tasks.caption import CaptionTask, SidecarWriter, plan_sidecars, resolve_beams
-
-    if on_exists and not sidecar:
-        raise UsageError("--on-exists only applies with --sidecar")
-    num_beams, reporter = resolve_beams(beams, greedy), Reporter(quiet=quiet)
-    items = collect_inputs(inputs, files_from, null, shard)
-    if sidecar:
-        plan = plan_sidecars(items, overwrite=on_exists == "overwrite")
-        items = plan.items
-        if message := plan.skipped_message():
-            reporter.message(message)
-        if not items and not is_launched():  # under torchrun every rank must still join the gather
-            raise typer.Exit(0)
-    loaded = load_model(resolve(model, CAPTION), CAPTION, device, precision, offline, compile=compile_model)
-    task = CaptionTask(loaded, max_length, num_beams, prefix)
-    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
-                  OutputOptions(format, output, quiet), sinks=[SidecarWriter(reporter)] if sidecar else [])
+    job = plan_caption(inputs, model, batch, max_length=max_length, beams=beams, greedy=greedy, prefix=prefix,
+                       sidecar=sidecar, on_exists=on_exists, html=out.html, quiet=out.quiet)
+    return execute(job, out)

@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitkit.cli import options as o
-from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
+from vitkit.cli.options import Shard, command
+from vitkit.jobs import run_index
+from vitkit.pipeline import BatchOptions, ModelOptions, OutputOptions, write_rows
 
 Folders = Annotated[Optional[list[str]], typer.Argument(help="Folders (or files) to index.", show_default=False)]
 IndexDir = Annotated[Optional[str], typer.Option(
@@ -21,56 +22,14 @@ MergeFrom = Annotated[Optional[list[str]], typer.Option(
 Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS", help="Wait this long for another indexer to finish.")]
 
 
-def index(
-    folders: Folders = None,
-    index_dir: IndexDir = None,
-    model: o.Model = None,
-    rebuild: Rebuild = False,
-    merge_from: MergeFrom = None,
-    wait: Wait = 0.0,
-    format: o.Format = "auto",
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    batch_size: o.BatchSize = None,
-    workers: o.Workers = None,
-    max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
-    no_draft: o.NoDraft = False,
-    offline: o.Offline = False,
-    compile_model: o.Compile = False,
-    shard: o.Shard = None,
-    quiet: o.Quiet = False,
-) -> None:
+@command(omit=("output", "html"))
+def index(folders: Folders = None, index_dir: IndexDir = None, rebuild: Rebuild = False, merge_from: MergeFrom = None,
+          wait: Wait = 0.0, shard: Shard = None, *, model: ModelOptions, batch: BatchOptions,
+          out: OutputOptions) -> int:
     """Embed images into an on-disk index; reruns only embed what changed.
 
     Example: vitkit index ~/Pictures && vitkit search --text "a dog on a beach"
     """
-    from dataclasses import asdict
-
-    from vitkit.runtime.distributed import finish, get_context
-    from vitkit.retrieval.update import IndexOptions, index_folders, merge_indexes
-    from vitkit.runtime.report import Reporter
-    from vitkit.runtime.runner import RunOptions
-    from vitkit.outputs.writers import resolve_format, write_listing
-
-    if not folders and not merge_from:
-        raise UsageError("no folders given", hint="vitkit index FOLDER..., or --merge-from SHARD_DIR ... --index DIR")
-    if folders and merge_from:
-        raise UsageError("pass folders to index or --merge-from shard indexes, not both",
-                         hint="merge the shards first, then update with `vitkit index FOLDER --index DIR`")
-    options = IndexOptions(index_dir, model, rebuild, wait, device, precision, offline,
-                           RunOptions(batch_size, workers, not no_draft, max_pixels), compile_model, shard)
-    if merge_from:
-        if shard is not None or get_context() is not None:
-            raise UsageError("--merge-from runs as one process", hint="drop --shard and run it without torchrun")
-        target, merged = merge_indexes(merge_from, options)
-        row = {"index": str(target), **asdict(merged)}
-        write_listing([row], tuple(row), resolve_format(format, None))
-        raise typer.Exit(EXIT_OK)
-    context = get_context()
-    result = index_folders(folders, options, Reporter(quiet=quiet, prefix=context.prefix if context else ""))
-    exit_code = EXIT_SOME_INPUTS_FAILED if result.counts.failed else EXIT_OK
-    if context is None or context.is_main:
-        row = {"index": str(result.folder), **asdict(result.counts)}
-        write_listing([row], tuple(row), resolve_format(format, None))
-    finish(exit_code)
-    raise typer.Exit(exit_code if context is None or context.is_main else EXIT_OK)
+    listing = run_index(folders, model, batch, index_dir=index_dir, rebuild=rebuild, merge_from=merge_from,
+                        wait=wait, shard=shard, quiet=out.quiet)
+    return write_rows(listing, out)

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitkit.cli import options as o
-from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.models.registry import INPAINT, resolve
+from vitkit.cli.options import command
+from vitkit.jobs import plan_inpaint
+from vitkit.pipeline import BatchOptions, InputOptions, ModelOptions, OutputOptions, execute
 
 MaskRatio = Annotated[Optional[float], typer.Option(
     "--mask-ratio", min=0.0, max=1.0,
@@ -32,42 +32,14 @@ Grid = Annotated[bool, typer.Option(
     "--grid", help="Also write a sheet per image: original | masked | reconstruction | composite.")]
 
 
-def inpaint(
-    inputs: o.Inputs = None,
-    mask_ratio: MaskRatio = None,
-    seed: Seed = None,
-    mask: Mask = None,
-    box: BoxOption = None,
-    out_dir: OutDir = None,
-    grid: Grid = False,
-    model: o.Model = None,
-    files_from: o.FilesFrom = None,
-    null: o.NullSeparated = False,
-    format: o.Format = "auto",
-    output: o.Output = None,
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    batch_size: o.BatchSize = None,
-    workers: o.Workers = None,
-    max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
-    no_draft: o.NoDraft = False,
-    offline: o.Offline = False,
-    compile_model: o.Compile = False,
-    shard: o.Shard = None,
-    quiet: o.Quiet = False,
-) -> None:
+@command(omit=("html",))
+def inpaint(inputs: InputOptions, mask_ratio: MaskRatio = None, seed: Seed = None, mask: Mask = None,
+            box: BoxOption = None, out_dir: OutDir = None, grid: Grid = False, *, model: ModelOptions,
+            batch: BatchOptions, out: OutputOptions) -> int:
     """Reconstruct hidden patches with a masked autoencoder (default: mae-large); composites at full size.
 
     Example: vitkit inpaint photos/ --box 40,60,200,180 --out-dir inpainted/ --grid
     """
-    from vitkit.models.loading import load_model
-    from vitkit.runtime.runner import RunOptions
-    from vitkit.tasks.inpaint import InpaintOptions, InpaintTask, parse_box
-
-    options = InpaintOptions(out_dir, mask_ratio, seed, parse_box(box) if box is not None else None, mask, grid,
-                             max_pixels)
-    items = collect_inputs(inputs, files_from, null, shard)
-    loaded = load_model(resolve(model, INPAINT), INPAINT, device, precision, offline, compile=compile_model)
-    task = InpaintTask(loaded, options, [i.path for i in items])
-    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels, default_batch_size=8),
-                  OutputOptions(format, output, quiet))
+    job = plan_inpaint(inputs, model, batch, out_dir=out_dir, mask_ratio=mask_ratio, seed=seed, mask=mask, box=box,
+                       grid=grid)
+    return execute(job, out)

@@ -6,61 +6,32 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitkit.cli import options as o
-from vitkit.cli.common import OutputOptions, collect_inputs, run_and_write
-from vitkit.models.registry import ZEROSHOT, resolve
+from vitkit.cli.options import command, threshold_option
+from vitkit.jobs import plan_label
+from vitkit.pipeline import BatchOptions, InputOptions, ModelOptions, OutputOptions, execute
 
 Labels = Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. 'cat,dog,car'.")]
 LabelsFile = Annotated[Optional[str], typer.Option("--labels-file", metavar="FILE", help="One label a line ('#' comments).")]
 Template = Annotated[Optional[list[str]], typer.Option(
-    "--template", "-t", help="A prompt with {} for the label; repeat to ensemble. Default: --templates imagenet7.")]
+    "--template", metavar="TEMPLATE",
+    help="A prompt with {} for the label; repeat to ensemble. Default: --templates imagenet7.")]
 Templates = Annotated[Optional[str], typer.Option(
     "--templates", metavar="SET|FILE", help="Built-in set (imagenet7, imagenet80, none) or a file of templates.")]
 MultiLabel = Annotated[bool, typer.Option(
     "--multi-label", help="Score labels independently and keep those above --threshold (softmax over labels otherwise).")]
-Threshold = Annotated[Optional[float], typer.Option(
-    "--threshold", help="For --multi-label: min sigmoid probability (SigLIP, default 0.5) or cosine (CLIP, default 0.25).",
-    show_default=False)]
+Threshold = threshold_option(
+    "For --multi-label: min sigmoid probability (SigLIP, default 0.5) or cosine (CLIP, default 0.25).")
 TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image (single-label mode).")]
 
 
-def label(
-    inputs: o.Inputs = None,
-    labels: Labels = None,
-    labels_file: LabelsFile = None,
-    template: Template = None,
-    templates: Templates = None,
-    multi_label: MultiLabel = False,
-    threshold: Threshold = None,
-    top_k: TopK = 5,
-    model: o.Model = None,
-    html: o.Html = None,
-    files_from: o.FilesFrom = None,
-    null: o.NullSeparated = False,
-    format: o.Format = "auto",
-    output: o.Output = None,
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    batch_size: o.BatchSize = None,
-    workers: o.Workers = None,
-    max_pixels: o.MaxPixels = o.DEFAULT_MAX_PIXELS_VALUE,
-    no_draft: o.NoDraft = False,
-    offline: o.Offline = False,
-    compile_model: o.Compile = False,
-    shard: o.Shard = None,
-    quiet: o.Quiet = False,
-) -> None:
+@command()
+def label(inputs: InputOptions, labels: Labels = None, labels_file: LabelsFile = None, template: Template = None,
+          templates: Templates = None, multi_label: MultiLabel = False, threshold: Threshold = None,
+          top_k: TopK = 5, *, model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
     """Label images zero-shot with CLIP (default: clip-b32) against labels you choose.
 
     Example: vitkit label photos/ --labels "cat,dog,rocket" --top-k 2
     """
-    from vitkit.models.loading import load_model
-    from vitkit.runtime.runner import RunOptions
-    from vitkit.tasks.zeroshot import ZeroShotTask, resolve_labels, resolve_templates
-
-    names, prompts = resolve_labels(labels, labels_file), resolve_templates(template, templates)
-    items = collect_inputs(inputs, files_from, null, shard)
-    loaded = load_model(resolve(model, ZEROSHOT), ZEROSHOT, device, precision, offline, compile=compile_model)
-    task = ZeroShotTask(loaded, names, prompts, top_k, multi_label, threshold)
-    run_and_write(task, items, RunOptions(batch_size, workers, not no_draft, max_pixels),
-                  OutputOptions(format, output, quiet, html))
+    job = plan_label(inputs, model, batch, labels=labels, labels_file=labels_file, template=template,
+                     templates=templates, multi_label=multi_label, threshold=threshold, top_k=top_k, html=out.html)
+    return execute(job, out)

@@ -25,6 +25,44 @@ class Record:
             return {"path": self.path, "error": self.error}
         return {"path": self.path, "width": self.width, "height": self.height, **self.fields}
 
+    def __getattr__(self, name: str) -> Any:
+        """The task's own keys as attributes: `record.predictions[0].label`, `record.embedding`."""
+        try:
+            return with_attributes(object.__getattribute__(self, "fields")[name])
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}") from None
+
+
+class Fields(dict):
+    """A dict whose keys are also attributes (`prediction.label`); what records hold inside, and the
+    rows of listings such as search hits and index counts."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return with_attributes(self[name])
+        except KeyError:
+            raise AttributeError(f"no field {name!r}; it has {', '.join(self)}") from None
+
+    @property
+    def ok(self) -> bool:
+        return "error" not in self
+
+    @property
+    def error(self) -> str | None:
+        return self.get("error")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+
+def with_attributes(value: Any) -> Any:
+    """Dicts, also inside lists and tuples, as `Fields`; anything else as it is."""
+    if isinstance(value, dict):
+        return value if isinstance(value, Fields) else Fields(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(with_attributes(v) for v in value)
+    return value
+
 
 @dataclass(frozen=True)
 class RecordLayout:

@@ -1,0 +1,147 @@
+"""The library: one function per command, with the command's options as keyword arguments.
+
+    import vitkit
+    for record in vitkit.classify("photos/", model="vit-s16", top_k=3):
+        print(record.path, record.predictions[0].label)
+
+Inputs are paths, folders (recursive), globs, PIL images or a list of them. The model loads when the
+function is called (a bad reference or option raises a `VitkitError` then); records come lazily, one
+per input in input order. A file that cannot be used yields its `{path, error}` record in its own
+place: no function raises for one bad file. Every function also takes the options shared by all
+commands (`Options` below), with the command line's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypedDict, Unpack
+
+from vitkit import jobs
+from vitkit.errors import UsageError
+from vitkit.outputs.records import Fields, Record
+from vitkit.pipeline import BatchOptions, InputOptions, Job, ModelOptions, Source, iterate, split_options
+
+if TYPE_CHECKING:
+    from vitkit.models.loading import LoadedModel
+
+
+class Options(TypedDict, total=False):
+    """Keyword arguments every function takes, as the flags of the same names (defaults in brackets)."""
+
+    model: "str | LoadedModel | None"  # alias, library reference, local folder, or vitkit.load_model's result [the command's default]
+    device: str  # auto, cpu, cuda, cuda:N, mps [auto]
+    precision: str  # auto, fp32, fp16, bf16, int8 [auto]
+    offline: bool  # never contact the Hugging Face Hub [False]
+    compile: bool  # torch.compile the model [False]
+    batch_size: int | None  # [the command's own: 16; detect and segment 4, inpaint 8; 4x on a GPU]
+    workers: int | None  # decoding processes [suited to this machine]
+    draft: bool  # reduced-scale JPEG decoding where the model needs far fewer pixels [True]
+    max_pixels: int  # larger images are that input's error [178956970]
+    files_from: str | None  # also read paths from this file, one a line; "-" reads stdin [None]
+    null: bool  # files_from is NUL-separated [False]
+    shard: str | None  # "I/N": only that contiguous slice of the inputs [None]
+    quiet: bool  # no progress, warnings or per-file error lines on stderr [False]
+
+
+def _records(plan: Callable[..., Job | None], inputs: Source | Sequence[Source] | None, options: dict[str, Any],
+             **own: Any) -> Iterator[Record]:
+    quiet = options.pop("quiet", False)
+    found, model, batch = split_options(options, InputOptions, ModelOptions, BatchOptions)
+    return iterate(plan(replace(found, inputs=inputs), model, batch, **own), quiet)
+
+
+def classify(inputs: Source | Sequence[Source] | None = None, *, top_k: int = 5, html: str | None = None,
+             **options: Unpack[Options]) -> Iterator[Record]:
+    """Top-k labels per image (default model vit-b16): `record.predictions[i].label, .class_id, .score`."""
+    return _records(jobs.plan_classify, inputs, dict(options), top_k=top_k, html=html)
+
+
+def label(inputs: Source | Sequence[Source] | None = None, *, labels: str | Sequence[str] | None = None,
+          labels_file: str | None = None, template: Sequence[str] | None = None, templates: str | None = None,
+          multi_label: bool = False, threshold: float | None = None, top_k: int = 5, html: str | None = None,
+          **options: Unpack[Options]) -> Iterator[Record]:
+    """Zero-shot labels against `labels` (a list, or 'cat,dog'), default model clip-b32:
+    `record.predictions[i].label, .score`."""
+    return _records(jobs.plan_label, inputs, dict(options), labels=labels, labels_file=labels_file,
+                    template=template, templates=templates, multi_label=multi_label, threshold=threshold,
+                    top_k=top_k, html=html)
+
+
+def embed(inputs: Source | Sequence[Source] | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+    """CLIP image embeddings (default model clip-b32, the index's): `record.embedding` is a unit-length
+    float32 numpy vector, comparable by dot product with other images' and with search text's."""
+    return _records(jobs.plan_embed, inputs, dict(options))
+
+
+def detect(inputs: Source | Sequence[Source] | None = None, *, threshold: float = 0.7,
+           classes: str | Sequence[str] | None = None, max_detections: int | None = None, out_dir: str | None = None,
+           coco: str | None = None, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+    """Objects per image (default model detr-r50): `record.detections[i].label, .score, .box` (x0, y0,
+    x1, y1 in original-image pixels); annotated images in `out_dir`, a COCO results file at `coco`."""
+    return _records(jobs.plan_detect, inputs, dict(options), threshold=threshold, classes=classes,
+                    max_detections=max_detections, out_dir=out_dir, coco=coco, html=html)
+
+
+def segment(inputs: Source | Sequence[Source] | None = None, *, mode: str = "semantic",
+            prompt: str | Sequence[str] | None = None, out_dir: str | None = None, alpha: float = 0.5,
+            instances: bool = False, min_area: int = 0, html: str | None = None,
+            **options: Unpack[Options]) -> Iterator[Record]:
+    """Segments per image (`mode` semantic, panoptic, or text with `prompt`): `record.segments[i].label,
+    .area, .box`; `record.mask` and `record.overlay` name the PNGs written to `out_dir`."""
+    return _records(jobs.plan_segment, inputs, dict(options), mode=mode, prompt=prompt, out_dir=out_dir,
+                    alpha=alpha, instances=instances, min_area=min_area, html=html)
+
+
+def inpaint(inputs: Source | Sequence[Source] | None = None, *, out_dir: str | None = None,
+            mask_ratio: float | None = None, seed: int | None = None, mask: str | None = None,
+            box: str | Sequence[float] | None = None, grid: bool = False,
+            **options: Unpack[Options]) -> Iterator[Record]:
+    """Masked-autoencoder reconstructions written to `out_dir` (required): `record.output`,
+    `record.masked_fraction`. Masking: random (`mask_ratio`, `seed`), a `box` or a `mask` image."""
+    return _records(jobs.plan_inpaint, inputs, dict(options), out_dir=out_dir, mask_ratio=mask_ratio, seed=seed,
+                    mask=mask, box=box, grid=grid)
+
+
+def caption(inputs: Source | Sequence[Source] | None = None, *, max_length: int | None = None,
+            beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
+            on_exists: str | None = None, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+    """Captions (default model coca-b32): `record.caption`; with `sidecar`, also `photo.txt` beside `photo.jpg`."""
+    quiet = bool(options.get("quiet", False))
+    return _records(jobs.plan_caption, inputs, dict(options), max_length=max_length, beams=beams, greedy=greedy,
+                    prefix=prefix, sidecar=sidecar, on_exists=on_exists, html=html, quiet=quiet)
+
+
+def index(folders: str | Sequence[str] | None = None, *, index_dir: str | None = None, rebuild: bool = False,
+          merge_from: Sequence[str] | None = None, wait: float = 0.0, **options: Unpack[Options]) -> Fields | None:
+    """Bring the index of `folders` up to date (or merge shard indexes) and return its counts:
+    `.index, .added, .updated, .reused, .unchanged, .removed, .failed`. None on torchrun ranks other than 0."""
+    quiet, shard = options.pop("quiet", False), options.pop("shard", None)
+    model, batch = split_options(dict(options), ModelOptions, BatchOptions)
+    listing = jobs.run_index(_as_list(folders), model, batch, index_dir=index_dir, rebuild=rebuild,
+                             merge_from=merge_from, wait=wait, shard=shard, quiet=quiet)
+    return Fields(listing.rows[0]) if listing.rows else None
+
+
+def search(text: str | None = None, *, image: str | None = None, folders: str | Sequence[str] | None = None,
+           top_k: int = 10, threshold: float | None = None, index_dir: str | None = None, rebuild: bool = False,
+           wait: float = 0.0, html: str | None = None, **options: Unpack[Options]) -> Iterator[Fields]:
+    """Images matching `text` (or like `image`), best first, after indexing `folders` incrementally:
+    `hit.rank, hit.path, hit.score` (cosine)."""
+    quiet = options.pop("quiet", False)
+    model, batch = split_options(dict(options), ModelOptions, BatchOptions)
+    listing = jobs.run_search(text, image, _as_list(folders) or [], model, batch, top_k=top_k, threshold=threshold,
+                              index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet)
+    return iter([Fields(row) for row in listing.rows])
+
+
+def load_model(ref: str | None = None, *, task: str, device: str = "auto", precision: str = "auto",
+               offline: bool = False, compile: bool = False) -> "LoadedModel":
+    """Resolve a model reference (None: the command's default) and load it for a command (`task`:
+    classify, label, embed, detect, segment, inpaint, caption, index or search); pass it on as `model=`."""
+    if task not in jobs.CAPABILITY_OF_COMMAND:
+        raise UsageError(f"no command {task!r}", hint=f"use one of {', '.join(jobs.CAPABILITY_OF_COMMAND)}")
+    return ModelOptions(ref, device, precision, offline, compile).load(jobs.CAPABILITY_OF_COMMAND[task])
+
+
+def _as_list(paths: str | Sequence[str] | None) -> list[str] | None:
+    return [paths] if isinstance(paths, str) else (list(paths) if paths is not None else None)

@@ -1,0 +1,221 @@
+"""One job builder per image command: options in, a `Job` (loaded model, task, inputs, sinks) out.
+
+The library's functions (api.py) iterate these jobs and the CLI's commands execute them, so a
+command and its function share every default and every check.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Sequence
+
+from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
+from vitkit.models.registry import CAPTION, CLASSIFY, DETECT, EMBED, INPAINT, SEGMENT, ZEROSHOT
+from vitkit.pipeline import BatchOptions, InputOptions, Job, Listing, ModelOptions, collect_inputs, make_job
+from vitkit.runtime.report import Reporter
+
+if TYPE_CHECKING:
+    from vitkit.retrieval.update import IndexOptions
+
+# The model capability each command needs, by the command's name: users only ever see the latter.
+CAPABILITY_OF_COMMAND = {"classify": CLASSIFY, "label": ZEROSHOT, "embed": EMBED, "index": EMBED, "search": EMBED,
+                         "detect": DETECT, "segment": SEGMENT, "inpaint": INPAINT, "caption": CAPTION}
+
+
+def check_threshold(value: float | None, probability: bool) -> None:
+    """The one check of a score threshold, for every command and function: a number, and within 0..1
+    where the score is a probability. A cosine floor may lie outside -1..1 (nothing, or everything, passes)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UsageError(f"threshold must be a finite number, not {value}")
+    if probability and not 0.0 <= value <= 1.0:
+        raise UsageError(f"threshold {value:g} is not a probability", hint="give a number from 0 to 1")
+
+
+def plan_classify(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, top_k: int = 5,
+                  html: str | None = None) -> Job:
+    from vitkit.tasks.classify import ClassifyTask
+
+    found = collect_inputs(inputs)
+    return make_job(ClassifyTask(model.load(CLASSIFY), top_k), found, batch.run_options(), html=html)
+
+
+def plan_label(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *,
+               labels: str | Sequence[str] | None = None, labels_file: str | None = None,
+               template: Sequence[str] | None = None, templates: str | None = None, multi_label: bool = False,
+               threshold: float | None = None, top_k: int = 5, html: str | None = None) -> Job:
+    from vitkit.tasks.zeroshot import ZeroShotTask, resolve_labels, resolve_templates
+
+    check_threshold(threshold, probability=False)  # a sigmoid probability (SigLIP) or a cosine (CLIP)
+    joined = labels if labels is None or isinstance(labels, str) else ",".join(labels)
+    names, prompts = resolve_labels(joined, labels_file), resolve_templates(template, templates)
+    found = collect_inputs(inputs)
+    task = ZeroShotTask(model.load(ZEROSHOT), names, prompts, top_k, multi_label, threshold)
+    return make_job(task, found, batch.run_options(), html=html)
+
+
+def plan_embed(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, html: str | None = None) -> Job:
+    from vitkit.tasks.embed import EmbedTask
+
+    found = collect_inputs(inputs)
+    return make_job(EmbedTask(model.load(EMBED)), found, batch.run_options(), html=html)
+
+
+def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, threshold: float = 0.7,
+                classes: str | Sequence[str] | None = None, max_detections: int | None = None,
+                out_dir: str | None = None, coco: str | None = None, html: str | None = None) -> Job:
+    from vitkit.evaluation.coco import CocoResultsSink
+    from vitkit.tasks.detect import DetectOptions, DetectTask
+
+    check_threshold(threshold, probability=True)
+    listed = classes.split(",") if isinstance(classes, str) else classes or ()
+    options = DetectOptions(threshold, tuple(c.strip() for c in listed if c.strip()), max_detections, out_dir,
+                            batch.max_pixels)
+    found = collect_inputs(inputs)
+    task = DetectTask(model.load(DETECT), options, found.paths)
+    sinks = [CocoResultsSink(coco, task.id2label)] if coco else []
+    return make_job(task, found, batch.run_options(default_batch_size=4), sinks, html)
+
+
+def plan_segment(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, mode: str = "semantic",
+                 prompt: Sequence[str] | str | None = None, out_dir: str | None = None, alpha: float = 0.5,
+                 instances: bool = False, min_area: int = 0, html: str | None = None) -> Job:
+    from vitkit.models.registry import DEFAULT_SEGMENT_MODELS
+    from vitkit.tasks.segment import SegmentOptions, SegmentTask
+
+    prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
+    options = SegmentOptions(mode, prompts, out_dir, alpha, instances, min_area, batch.max_pixels)
+    found = collect_inputs(inputs)
+    task = SegmentTask(model.load(SEGMENT, DEFAULT_SEGMENT_MODELS.get(mode)), options, found.paths)
+    return make_job(task, found, batch.run_options(default_batch_size=4), html=html)
+
+
+def plan_inpaint(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, out_dir: str | None = None,
+                 mask_ratio: float | None = None, seed: int | None = None, mask: str | None = None,
+                 box: str | Sequence[float] | None = None, grid: bool = False) -> Job:
+    from vitkit.tasks.inpaint import InpaintOptions, InpaintTask, parse_box
+
+    parsed = parse_box(box if isinstance(box, str) else ",".join(map(str, box))) if box is not None else None
+    options = InpaintOptions(out_dir, mask_ratio, seed, parsed, mask, grid, batch.max_pixels)
+    found = collect_inputs(inputs)
+    task = InpaintTask(model.load(INPAINT), options, found.paths)
+    return make_job(task, found, batch.run_options(default_batch_size=8))
+
+
+def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, max_length: int | None = None,
+                 beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
+                 on_exists: str | None = None, html: str | None = None, quiet: bool = False) -> Job | None:
+    """None when --sidecar leaves nothing to caption (outside torchrun, where every rank must still
+    join the gather): no model is loaded and nothing is written."""
+    from vitkit.runtime.distributed import is_launched
+    from vitkit.runtime.report import Reporter
+    from vitkit.tasks.caption import CaptionTask, SidecarWriter, plan_sidecars, resolve_beams
+
+    if on_exists and not sidecar:
+        raise UsageError("--on-exists only applies with --sidecar")
+    num_beams, reporter = resolve_beams(beams, greedy), Reporter(quiet=quiet)
+    found = collect_inputs(inputs)
+    if sidecar and found.names:
+        raise UsageError("caption files go beside image files, and in-memory images have none", hint="pass paths")
+    if sidecar:
+        plan = plan_sidecars(found.items, overwrite=on_exists == "overwrite")
+        found = type(found)(plan.items, found.names, found.cleanup)
+        if message := plan.skipped_message():
+            reporter.message(message)
+        if not found.items and not is_launched():
+            return None
+    task = CaptionTask(model.load(CAPTION), max_length, num_beams, prefix)
+    return make_job(task, found, batch.run_options(), [SidecarWriter(reporter)] if sidecar else [], html)
+
+
+def _index_options(model: ModelOptions, batch: BatchOptions, index_dir: str | None, rebuild: bool, wait: float,
+                   shard: str | None = None) -> "IndexOptions":
+    from vitkit.retrieval.update import IndexOptions
+
+    return IndexOptions(index_dir, model.reference, rebuild, wait, model.device, model.precision, model.offline,
+                        batch.run_options(), model.compile, shard)
+
+
+def run_index(folders: Sequence[str] | None, model: ModelOptions, batch: BatchOptions, *,
+              index_dir: str | None = None, rebuild: bool = False, merge_from: Sequence[str] | None = None,
+              wait: float = 0.0, shard: str | None = None, quiet: bool = False) -> Listing:
+    """Bring an index up to date with folders, or merge shard indexes into one. Under torchrun every
+    rank embeds a part; rank 0 alone gets the counts row (the others get none and a status of 0)."""
+    from vitkit.retrieval.update import index_folders, merge_indexes
+    from vitkit.runtime.distributed import finish, get_context
+
+    if not folders and not merge_from:
+        raise UsageError("no folders given", hint="vitkit index FOLDER..., or --merge-from SHARD_DIR ... --index DIR")
+    if folders and merge_from:
+        raise UsageError("pass folders to index or --merge-from shard indexes, not both",
+                         hint="merge the shards first, then update with `vitkit index FOLDER --index DIR`")
+    options = _index_options(model, batch, index_dir, rebuild, wait, shard)
+    context = get_context()
+    if merge_from:
+        if shard is not None or context is not None:
+            raise UsageError("--merge-from runs as one process", hint="drop --shard and run it without torchrun")
+        target, merged = merge_indexes(merge_from, options)
+        return Listing([{"index": str(target), **asdict(merged)}])
+    result = index_folders(folders or [], options, Reporter(quiet=quiet, prefix=context.prefix if context else ""))
+    finish(EXIT_SOME_INPUTS_FAILED if result.counts.failed else EXIT_OK)
+    if context is not None and not context.is_main:
+        return Listing([])
+    return Listing([{"index": str(result.folder), **asdict(result.counts)}], result.counts.failed)
+
+
+def run_search(text: str | None, image: str | None, folders: Sequence[str], model: ModelOptions,
+               batch: BatchOptions, *, top_k: int = 10, threshold: float | None = None,
+               index_dir: str | None = None, rebuild: bool = False, wait: float = 0.0, html: str | None = None,
+               quiet: bool = False) -> Listing:
+    """One query against the index, after indexing `folders` incrementally; one row per hit, best first."""
+    from vitkit.pipeline import write_sheet
+    from vitkit.retrieval.search import SEARCH_LAYOUT, search_images
+    from vitkit.runtime.distributed import refuse_launch
+
+    refuse_launch("search", "build the index under torchrun (`vitkit index`), then search in one process")
+    if bool(text) == bool(image):
+        raise UsageError("give one query: --text 'a dog on a beach' or --image FILE")
+    check_threshold(threshold, probability=False)  # a cosine
+    options = _index_options(model, batch, index_dir, rebuild, wait)
+    result = search_images(text, image, folders, top_k, threshold, options, Reporter(quiet=quiet))
+    rows = [{"rank": rank, "path": hit.path, "score": hit.score} for rank, hit in enumerate(result.hits, 1)]
+    if html:
+        write_sheet(html, rows, SEARCH_LAYOUT, f"query: {text or image}")
+    return Listing(rows, result.counts.failed, SEARCH_LAYOUT)
+
+
+def run_bench(model: ModelOptions, batch: BatchOptions, *, images: int = 64, size: str = "1920x1080",
+              quiet: bool = False) -> Listing:
+    """Throughput of the model alone and from JPEG files to results, as one row."""
+    from vitkit.runtime.bench import COLUMNS, BenchOptions, parse_size, run_bench as bench
+    from vitkit.runtime.distributed import refuse_launch
+
+    refuse_launch("bench", "run it as one process, once per GPU with --device cuda:N")
+    options = BenchOptions(model.model, model.device, model.precision, batch.batch_size, images, parse_size(size),
+                           batch.run_options(), model.offline, model.compile)
+    row = bench(options, Reporter(quiet=quiet)).to_row()
+    return Listing([{column: row.get(column) for column in COLUMNS}])
+
+
+def run_eval_detect(images_dir: str, coco_gt: str, model: ModelOptions, batch: BatchOptions, *,
+                    threshold: float = 0.001, quiet: bool = False) -> Listing:
+    """COCO mAP@[.5:.95], AP50 and AP75 of a detector on the ground truth's images (100 detections an image)."""
+    from vitkit.evaluation.detect import evaluate_detector
+    from vitkit.evaluation.metrics import load_coco_ground_truth
+    from vitkit.runtime.distributed import refuse_launch
+    from vitkit.tasks.detect import DetectOptions, DetectTask
+
+    refuse_launch("eval detect", "run it as one process; `vitkit detect` runs under torchrun")
+    check_threshold(threshold, probability=True)
+    ground_truth = load_coco_ground_truth(coco_gt)
+    task = DetectTask(model.load(DETECT), DetectOptions(threshold=threshold, max_detections=100))
+    reporter = Reporter(quiet=quiet)
+    result = evaluate_detector(task, ground_truth, images_dir, batch.run_options(default_batch_size=4), reporter)
+    if result.unmatched_labels:
+        reporter.message(f"warning: {len(result.unmatched_labels)} model labels match no ground-truth category")
+    m = result.metrics
+    row = {"ap": m.ap, "ap50": m.ap50, "ap75": m.ap75, "images": m.num_images, "detections": m.num_detections,
+           "failed": result.failed_images, "per_category_ap": m.per_category_ap}
+    return Listing([row], result.failed_images)
