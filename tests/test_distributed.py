@@ -97,6 +97,11 @@ def test_torchrun_classify_matches_single_process(classify_args: tuple[str, ...]
     # The last file falls to rank 1, which reports it itself; rank 0 counts it in the job's summary.
     assert f"[rank 1] error: {photos / 'zz_truncated.jpg'}: " in result.stderr
     assert "4 of 10 inputs failed" in result.stderr
+    # The job's one-line summary comes after every rank's lines, so it is what a user reads above
+    # torchrun's own ChildFailedError report.
+    lines = result.stderr.splitlines()
+    summary = next(i for i, line in enumerate(lines) if "4 of 10 inputs failed" in line)
+    assert summary > max(i for i, line in enumerate(lines) if "error: " in line)
 
 
 def test_torchrun_reads_files_from_stdin_once_and_a_rank_may_have_nothing(single_classify: list[dict],

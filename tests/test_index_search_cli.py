@@ -119,7 +119,7 @@ def test_paths_only_chains_into_another_command(photos: Path, tiny_open_clip_dir
     assert len(paths) == 3 and all(os.path.isfile(p) for p in paths)
     chained = runner.invoke(app, ["classify", "--files-from", "-", "--model", str(tiny_timm_dir)], input=found.stdout)
     assert [r["path"] for r in parse_jsonl(chained.stdout)] == paths
-    nul = runner.invoke(app, ["search", "--text", "a cat", "--paths-only", "-0", "-k", "2",
+    nul = runner.invoke(app, ["search", "--text", "a cat", "--paths-only", "--print0", "-k", "2",
                               "--model", str(tiny_open_clip_dir), "--index", str(tmp_path / "idx")])
     assert nul.stdout.count("\0") == 2 and "\n" not in nul.stdout
 
