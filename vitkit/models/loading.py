@@ -50,6 +50,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA GPU is available", hint="use --device auto or cpu")
+    if name.startswith("cuda:") and not (name[5:].isdigit() and int(name[5:]) < torch.cuda.device_count()):
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {name}: this machine has {count} CUDA GPU{'s' if count != 1 else ''}",
+                         hint=f"use cuda:0 to cuda:{count - 1}, or --device cuda")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps was asked for but MPS is not available", hint="use --device auto or cpu")
     return torch.device(name)
