@@ -176,3 +176,13 @@ def test_pipe_into_head_closes_cleanly(tiny_timm_dir: Path) -> None:
     lines = proc.stdout.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["path"].endswith("astronaut.jpg")
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_html_contact_sheet_has_a_tile_per_input(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.html"
+    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "-k", "1", "--html", str(sheet))
+    assert result.exit_code == 1  # the broken samples
+    page = sheet.read_text(encoding="utf-8")
+    records = parse_jsonl(result.stdout)
+    assert page.count('<figure class="tile"') == len(records) == len(GOOD_SAMPLES) + len(BROKEN_SAMPLES)
+    assert all(r["predictions"][0]["label"].split(",")[0] in page for r in records if "error" not in r)
