@@ -186,3 +186,69 @@ def test_html_contact_sheet_has_a_tile_per_input(tiny_timm_dir: Path, tmp_path: 
     records = parse_jsonl(result.stdout)
     assert page.count('<figure class="tile"') == len(records) == len(GOOD_SAMPLES) + len(BROKEN_SAMPLES)
     assert all(r["predictions"][0]["label"].split(",")[0] in page for r in records if "error" not in r)
+
+
+def _resume_inputs(tmp_path: Path, count: int) -> Path:
+    """`count` small photos (copies of chelsea.jpg) and the broken samples, in one folder."""
+    import shutil
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(count):
+        shutil.copy(SAMPLE_DATA / "chelsea.jpg", folder / f"p{i:03d}.jpg")
+    for name in BROKEN_SAMPLES:
+        shutil.copy(SAMPLE_DATA / "broken" / name, folder / f"p{count // 2:03d}_{name}")
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_after_sigkill_processes_only_the_rest(tiny_timm_dir: Path, tmp_path: Path, suffix: str) -> None:
+    import signal
+    import time
+
+    folder = _resume_inputs(tmp_path, 300)
+    out = tmp_path / f"out{suffix}"
+    args = [sys.executable, "-m", "vitkit", "classify", str(folder), "--model", str(tiny_timm_dir), "-k", "2",
+            "-b", "1", "--workers", "0", "-o", str(out), "--resume"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while (not out.exists() or out.read_text().count("\n") < 20) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    with out.open("a") as handle:
+        handle.write('{"path": "torn' if suffix == ".jsonl" else "torn,")  # as a kill mid-line leaves it
+    before = out.read_text().count("\n")
+    rerun = run_vitkit("classify", str(folder), "--model", str(tiny_timm_dir), "-k", "2", "-b", "1",
+                       "--workers", "0", "-o", str(out), "--resume")
+    assert rerun.returncode == 1, rerun.stderr  # the broken samples fail again
+    skipped = int(rerun.stderr.split("resume: ")[1].split()[0])
+    assert 0 < skipped < 300
+    if suffix == ".jsonl":
+        records = parse_jsonl(out.read_text())
+    else:
+        records = list(csv.DictReader(io.StringIO(out.read_text(), newline="")))
+        header = out.read_text().splitlines()[0]
+        assert header.startswith("path,") and out.read_text().count(header) == 1  # one header, the first run's
+    paths = [r["path"] for r in records if suffix == ".jsonl" or r["rank"] in ("1", "")]
+    expected = sorted(str(p) for p in folder.iterdir())
+    assert sorted(paths) == expected  # every input exactly once
+    assert sum(bool(r.get("error")) for r in records) == len(BROKEN_SAMPLES)
+    assert skipped <= before  # the rerun skipped only what the killed run had finished
+
+
+def test_resume_needs_a_jsonl_or_csv_file(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    no_file = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--resume")
+    assert no_file.exit_code == 2 and "--resume needs an output file" in no_file.stderr
+    as_json = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--resume", "-o",
+                     str(tmp_path / "x.json"))
+    assert as_json.exit_code == 2 and "jsonl or csv" in as_json.stderr
+    done = tmp_path / "done.jsonl"
+    first = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--resume", "-o", str(done))
+    again = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--resume", "-o", str(done))
+    assert first.exit_code == again.exit_code == 1
+    assert f"resume: {len(GOOD_SAMPLES)} inputs already have results" in again.stderr
+    records = parse_jsonl(done.read_text())
+    assert len(records) == len(GOOD_SAMPLES) + len(BROKEN_SAMPLES)
+    assert len({r["path"] for r in records}) == len(records)

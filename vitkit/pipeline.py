@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, U
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
 from vitkit.inputs.decode import DEFAULT_MAX_PIXELS
 from vitkit.inputs.discover import InputItem, discover_inputs
+from vitkit.outputs.resume import check_resumable, open_appending_writer, prepare_resume
 from vitkit.outputs.writers import open_output, open_writer, resolve_format, write_listing
 from vitkit.runtime.report import Reporter
 
@@ -81,6 +82,7 @@ class OutputOptions:
     output: str | None = None
     quiet: bool = False
     html: str | None = None  # contact sheet written after the run
+    resume: bool = False  # append to `output`, skipping inputs an earlier run completed there
 
 
 def split_options(options: dict[str, Any], *groups: type) -> list[Any]:
@@ -231,6 +233,8 @@ def execute(job: Job | None, out: OutputOptions) -> int:
     if job is None:
         return EXIT_OK
     context = get_context()
+    if out.resume:
+        job = _resumed(job, out, context)
     local_sinks = [s for s in job.sinks if getattr(s, "per_input", False)]
     main_sinks = [s for s in job.sinks if s not in local_sinks]
     if context is None:
@@ -246,6 +250,23 @@ def execute(job: Job | None, out: OutputOptions) -> int:
     if context is None or context.is_main:
         reporter.print_summary()
     return exit_code
+
+
+def _resumed(job: Job, out: OutputOptions, context: "RankContext | None") -> Job:
+    """The job without the inputs that `out.output` already holds successful records of. Under
+    torchrun rank 0 reads the file (the only rank that writes it) and tells the others."""
+    fmt = resolve_format(out.format, out.output)
+    check_resumable(fmt, out.output)
+    done = None
+    if context is None or context.is_main:
+        done = prepare_resume(out.output or "", fmt, job.task.layout)
+    if context is not None:
+        done = context.broadcast(done)
+    items = [item for item in job.items if item.path not in done]
+    if skipped := len(job.items) - len(items):
+        Reporter(quiet=out.quiet, prefix=context.prefix if context else "").message(
+            f"resume: {skipped} inputs already have results in {out.output}; skipped")
+    return replace(job, items=items)
 
 
 def _run_records(job: Job, reporter: Reporter, local_sinks: Sequence[RecordSink]) -> Iterator[dict[str, Any]]:
@@ -266,7 +287,8 @@ def _write_all(records: Iterable[dict[str, Any]], out: OutputOptions, layout: "R
                sinks: Sequence[RecordSink]) -> int:
     """Write records and feed the sinks; returns how many were failures."""
     failed = 0
-    with open_writer(resolve_format(out.format, out.output), out.output, layout) as writer:
+    fmt = resolve_format(out.format, out.output)
+    with (open_appending_writer if out.resume else open_writer)(fmt, out.output, layout) as writer:
         for record in records:
             writer.write(record)
             failed += "error" in record

@@ -14,7 +14,7 @@ Images = Annotated[int, typer.Option("--images", "-n", min=1, help="How many JPE
 Size = Annotated[str, typer.Option("--size", metavar="WxH", help="Pixel size of the generated JPEGs.")]
 
 
-@command(omit=("max_pixels", "output", "html"))
+@command(omit=("max_pixels", "output", "html", "resume"))
 def bench(images: Images = 64, size: Size = "1920x1080", *, model: ModelOptions, batch: BatchOptions,
           out: OutputOptions) -> int:
     """Measure a model's throughput alone and from JPEG files to results (classifiers, or CLIP image embeddings).

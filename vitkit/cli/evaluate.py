@@ -18,7 +18,7 @@ Threshold = threshold_option("Score floor (0 to 1); COCO mAP wants low-scoring b
 
 
 @app.command("detect")
-@command(omit=("max_pixels", "output", "html"))
+@command(omit=("max_pixels", "output", "html", "resume"))
 def eval_detect(images_dir: ImagesDir, coco_gt: CocoGt, threshold: Threshold = 0.001, *, model: ModelOptions,
                 batch: BatchOptions, out: OutputOptions) -> int:
     """Detect on the ground truth's images and report mAP@[.5:.95], AP50 and AP75 (100 detections an image).

@@ -22,7 +22,7 @@ MergeFrom = Annotated[Optional[list[str]], typer.Option(
 Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS", help="Wait this long for another indexer to finish.")]
 
 
-@command(omit=("output", "html"))
+@command(omit=("output", "html", "resume"))
 def index(folders: Folders = None, index_dir: IndexDir = None, rebuild: Rebuild = False, merge_from: MergeFrom = None,
           wait: Wait = 0.0, shard: Shard = None, *, model: ModelOptions, batch: BatchOptions,
           out: OutputOptions) -> int:

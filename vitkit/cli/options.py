@@ -34,6 +34,9 @@ Output = Annotated[Optional[str], typer.Option(
     "--output", "-o", metavar="FILE", help="Write results to FILE (atomically) instead of stdout.")]
 Html = Annotated[Optional[str], typer.Option(
     "--html", metavar="FILE", help="Also write a self-contained HTML contact sheet of the results.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Append to --output (JSONL or CSV) as results come, and on a rerun skip the inputs it already "
+    "has results for (failed ones run again). Without it the output file is written whole or not at all.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, warnings or per-file error lines on stderr.")]
 Model = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Catalogue alias, timm/… or hf-hub:… reference, open_clip ARCH:TAG, or a local model folder.",
@@ -72,7 +75,7 @@ GROUPS: dict[type, dict[str, Any]] = {
     InputOptions: {"inputs": Inputs, "files_from": FilesFrom, "null": NullSeparated, "shard": Shard},
     ModelOptions: {"model": Model, "device": Device, "precision": Precision, "offline": Offline, "compile": Compile},
     BatchOptions: {"batch_size": BatchSize, "workers": Workers, "draft": Draft, "max_pixels": MaxPixels},
-    OutputOptions: {"format": Format, "output": Output, "quiet": Quiet, "html": Html},
+    OutputOptions: {"format": Format, "output": Output, "quiet": Quiet, "html": Html, "resume": Resume},
 }
 
 

@@ -20,7 +20,7 @@ PathsOnly = Annotated[bool, typer.Option("--paths-only", help="Print bare paths,
 Print0 = Annotated[bool, typer.Option("--print0", help="With --paths-only: end each path with NUL, not a newline (for xargs -0).")]
 
 
-@command()
+@command(omit=("resume",))
 def search(folders: Folders = None, text: Text = None, image: ImageQuery = None, top_k: TopK = 10,
            threshold: Threshold = None, paths_only: PathsOnly = False, print0: Print0 = False,
            index_dir: IndexDir = None, rebuild: Rebuild = False, wait: Wait = 0.0, *, model: ModelOptions,
