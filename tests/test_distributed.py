@@ -7,6 +7,7 @@ run for exact equality, so only the sharding may differ between them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -117,6 +118,21 @@ def test_torchrun_reads_files_from_stdin_once_and_a_rank_may_have_nothing(single
     one_input = torchrun("classify", first_good["path"], *common)
     assert one_input.returncode == 0, one_input.stderr
     assert parse_jsonl(one_input.stdout) == [first_good]
+
+
+def test_torchrun_resume_skips_what_the_output_already_has(classify_args: tuple[str, ...],
+                                                           single_classify: list[dict], tmp_path: Path) -> None:
+    """Rank 0 reads the --resume file and tells rank 1 what to skip: a rerun only retries the failures."""
+    out = tmp_path / "out.jsonl"
+    good = [r for r in single_classify if "error" not in r]
+    out.write_text("".join(json.dumps(r) + "\n" for r in good[:3]))
+    result = torchrun(*classify_args, "-o", str(out), "--resume")
+    assert result.returncode == 1, result.stderr
+    counts = [int(part.split()[0]) for part in result.stderr.split("resume: ")[1:]]
+    assert sum(counts) == 3 and len(counts) == 2  # each rank says what it skipped of its part
+    records = parse_jsonl(out.read_text())
+    assert sorted(r["path"] for r in records) == sorted(r["path"] for r in single_classify)
+    assert sorted(records, key=lambda r: r["path"]) == sorted(single_classify, key=lambda r: r["path"])
 
 
 def test_one_process_commands_refuse_torchrun(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
