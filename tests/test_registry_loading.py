@@ -11,13 +11,13 @@ import torch
 
 from vitkit.errors import ModelLoadError, ModelNotCachedError, ModelTaskMismatchError, UnknownModelError, UsageError
 from vitkit.models.loading import is_hub_reachable, load_model, resolve_device, resolve_precision
-from vitkit.models.registry import CLASSIFY, EMBED, INPAINT, OPEN_CLIP, TIMM, TRANSFORMERS, ZEROSHOT, resolve, resolve_any
+from vitkit.models.registry import CLASSIFY, EMBED, INPAINT, OPEN_CLIP, TIMM, TRANSFORMERS, LABEL, resolve, resolve_any
 
 
 def test_catalogue_alias_and_default() -> None:
     spec = resolve(None, CLASSIFY)
     assert spec.id == "vit-b16" and spec.backend == TIMM and spec.source.startswith("hf-hub:timm/vit_base_patch16_224")
-    assert resolve("clip-b32", ZEROSHOT).backend == OPEN_CLIP
+    assert resolve("clip-b32", LABEL).backend == OPEN_CLIP
 
 
 def test_library_native_references() -> None:
@@ -54,7 +54,7 @@ def test_local_folders_detected_by_their_files(tiny_timm_dir: Path, tiny_open_cl
     assert resolve_any(str(tiny_timm_dir)).backend == TIMM
     assert resolve_any(f"local-dir:{tiny_timm_dir}").source == f"local-dir:{tiny_timm_dir.resolve()}"
     clip = resolve_any(str(tiny_open_clip_dir))
-    assert clip.backend == OPEN_CLIP and {ZEROSHOT, EMBED} <= clip.capabilities
+    assert clip.backend == OPEN_CLIP and {LABEL, EMBED} <= clip.capabilities
     mae = resolve_any(str(tiny_transformers_mae_dir))
     assert mae.backend == TRANSFORMERS and INPAINT in mae.capabilities
 
