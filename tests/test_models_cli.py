@@ -96,23 +96,25 @@ def test_show_ambiguous_hub_id_says_task_is_needed() -> None:
     result = runner.invoke(app, ["models", "show", "facebook/detr-resnet-101", "--format", "json"])
     assert result.exit_code == 0, result.stderr
     [row] = json.loads(result.stdout)
-    assert row["tasks"] == row["backend"] == "unknown without --task"
+    assert row["tasks"] == row["backend"] == row["classes_note"] == "unknown without --task"
     result = runner.invoke(app, ["models", "show", "facebook/detr-resnet-101", "--task", "detect", "--format", "json"])
     [row] = json.loads(result.stdout)
     assert row["backend"] == "transformers" and "detect" in row["tasks"]
-    assert "models pull" in row["class_names"]  # its id2label is in a config that is not downloaded
+    assert row["classes"] is None and "models pull" in row["classes_note"]  # id2label is in a config not downloaded
 
 
 def test_show_class_names_of_a_catalogue_classifier_without_weights() -> None:
     result = runner.invoke(app, ["models", "show", "vit-s16", "--format", "json"])
     [row] = json.loads(result.stdout)
     assert row["cached"] == "no" and row["classes"] == 1000
-    assert row["class_names"][0].startswith("tench") and len(row["class_names"]) == 6 and "995 more" in row["class_names"][-1]
+    assert row["class_names"][0].startswith("tench") and len(row["class_names"]) == 5
+    table = runner.invoke(app, ["models", "show", "vit-s16", "--format", "table"]).stdout
+    assert "classes:     1000" in table and "995 more (--labels shows all)" in table
     result = runner.invoke(app, ["models", "show", "vit-s16", "--labels", "--format", "json"])
     assert len(json.loads(result.stdout)[0]["class_names"]) == 1000
     result = runner.invoke(app, ["models", "show", "clip-b32", "--format", "json"])
     [row] = json.loads(result.stdout)
-    assert row["classes"] is None and "--labels" in row["class_names"]
+    assert row["classes"] is None and row["class_names"] is None and "--labels" in row["classes_note"]
 
 
 def test_show_class_names_of_local_timm_folders(tiny_timm_labelled_dir: Path) -> None:

@@ -90,15 +90,26 @@ def list_models(capability: Capability = None, format: o.Format = "auto") -> Non
 
 
 def _class_fields(spec: ModelSpec, all_labels: bool) -> dict[str, Any]:
+    """classes (count or None), class_names (the first few, or all), classes_note (why unknown, else None)."""
     from vitkit.models.backends import get_backend
 
     known = get_backend(spec.backend).class_names(spec)
     if known.names is None:
-        return {"classes": None, "class_names": known.note}
+        return {"classes": None, "class_names": None, "classes_note": known.note}
     shown = list(known.names if all_labels else known.names[:_FIRST_NAMES])
-    more = len(known.names) - len(shown)
-    return {"classes": len(known.names),
-            "class_names": shown + ([f"... {more} more (--labels shows all)"] if more else [])}
+    return {"classes": len(known.names), "class_names": shown, "classes_note": known.note or None}
+
+
+def _for_reading(row: dict[str, Any]) -> dict[str, Any]:
+    """A show row as `field: value` lines say it: the note in place of an unknown count, and how to see the rest."""
+    shown = dict(row)
+    note = shown.pop("classes_note", None)
+    if shown.get("classes") is None:
+        shown["classes"] = note
+    elif shown.get("class_names") and len(shown["class_names"]) < shown["classes"]:
+        more = shown["classes"] - len(shown["class_names"])
+        shown["class_names"] = [*shown["class_names"], f"... {more} more (--labels shows all)"]
+    return shown
 
 
 @app.command("show")
@@ -112,12 +123,12 @@ def show(name: Annotated[str, typer.Argument(help="Alias, library reference or l
         spec = resolve_any(name, capability)
     except AmbiguousModelError:
         row: dict[str, Any] = {"model": name, "tasks": _UNKNOWN, "backend": _UNKNOWN, "source": name,
-                               "classes": None, "class_names": _UNKNOWN}
+                               "classes": None, "class_names": None, "classes_note": _UNKNOWN}
     else:
         row = {**_row(spec, get_cached_sizes()), **_class_fields(spec, all_labels)}
     fmt = resolve_format(format, None)
     if fmt == "table":
-        _print_fields(row)
+        _print_fields(_for_reading(row))
     else:
         write_listing([row], tuple(row), fmt)
 
