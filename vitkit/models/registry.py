@@ -95,6 +95,7 @@ DEFAULT_MODELS = {
 # Segmentation has one capability but three modes, each with its own default model.
 DEFAULT_SEGMENT_MODELS = {"semantic": "segformer-b0", "panoptic": "mask2former-swin-t", "text": "clipseg"}
 
+
 def list_catalogue() -> list[ModelSpec]:
     return list(CATALOGUE.values())
 
@@ -111,7 +112,7 @@ def resolve(reference: str | None, capability: str) -> ModelSpec:
         default = DEFAULT_MODELS[capability]
         raise ModelTaskMismatchError(
             f"model {spec.id!r} ({spec.backend}) cannot {describe_capability(capability)}; it can: {can_do}",
-            hint=f"pick a {capability} model from `vitkit models list --task {capability}`, e.g. --model {default}",
+            hint=f"pick a model from `vitkit models list --task {capability}`, e.g. --model {default}",
         )
     return spec
 
