@@ -77,7 +77,7 @@ def test_list_imports_no_model_library_and_is_quick() -> None:
     assert result.returncode == 0, result.stderr
     heavy, seconds = result.stdout.rsplit("RESULT ", 1)[1].rsplit(" ", 1)
     assert heavy == "[]"
-    assert float(seconds) < 2.0  # measured 0.4 s; importing open_clip alone took 4 s
+    assert float(seconds) < 3.0  # measured 0.4 s idle (1 s on a busy machine); with open_clip it took 4-9 s
     assert len(parse_jsonl(result.stdout.rsplit("RESULT ", 1)[0])) >= 15
 
 
@@ -121,3 +121,11 @@ def test_show_class_names_of_local_timm_folders(tiny_timm_labelled_dir: Path) ->
     result = runner.invoke(app, ["models", "show", str(tiny_timm_labelled_dir), "--format", "table"])
     assert result.exit_code == 0, result.stderr
     assert "classes:" in result.stdout and "cat; dog; rocket" in result.stdout
+
+
+def test_show_class_names_of_transformers_folders(tiny_detr_dir: Path, tiny_transformers_mae_dir: Path) -> None:
+    """What `detect --classes` may name: the detector's own id2label, read from its config."""
+    [row] = json.loads(runner.invoke(app, ["models", "show", str(tiny_detr_dir), "--format", "json"]).stdout)
+    assert row["tasks"] == "detect" and row["classes"] == 3 and row["class_names"] == ["cat", "dog", "rocket"]
+    [row] = json.loads(runner.invoke(app, ["models", "show", str(tiny_transformers_mae_dir), "--format", "json"]).stdout)
+    assert row["tasks"] == "inpaint" and row["classes"] is None and "does not predict classes" in row["classes_note"]
