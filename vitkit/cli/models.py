@@ -15,7 +15,7 @@ from vitkit.cli import options as o
 from vitkit.errors import EXIT_MODEL, ModelNotCachedError, VitkitError
 from vitkit.models.cache import format_bytes, get_cached_sizes, get_hub_repo_id
 from vitkit.models.registry import DEFAULT_MODELS, AmbiguousModelError, ModelSpec, list_catalogue, resolve_any
-from vitkit.outputs.writers import resolve_format, write_listing
+from vitkit.outputs.writers import printable, resolve_format, write_listing
 from vitkit.runtime.report import Reporter
 
 app = typer.Typer(help="List, inspect and pre-download models.", no_args_is_help=True)
@@ -56,11 +56,14 @@ def _print_catalogue(rows: list[dict[str, Any]]) -> None:
     """Two lines a model: the facts in columns, then the description, indented and wrapped."""
     columns = ("model", "tasks", "backend", "params", "cached")
     widths = {c: max([len(c)] + [len(str(r[c] or "")) for r in rows]) for c in columns}
-    line = lambda values: "  ".join(str(values[c] or "").ljust(widths[c]) for c in columns).rstrip()  # noqa: E731
+
+    def line(values: dict[str, Any]) -> str:
+        return "  ".join(str(values[c] or "").ljust(widths[c]) for c in columns).rstrip()
+
     out = [line({c: c for c in columns})]
     for row in rows:
         out += [line(row), *_wrapped(row["description"], "    ")]
-    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.write(printable("\n".join(out)) + "\n")
 
 
 def _print_fields(row: dict[str, Any]) -> None:
@@ -69,7 +72,7 @@ def _print_fields(row: dict[str, Any]) -> None:
         if value is None:
             continue
         # Class names may hold commas themselves (ImageNet's "tench, Tinca tinca").
-        text = "; ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        text = printable("; ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
         lines = _wrapped(text, " " * width)
         sys.stdout.write(f"{key}:".ljust(width) + lines[0].lstrip() + "\n" + "".join(f"{x}\n" for x in lines[1:]))
 
