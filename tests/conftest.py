@@ -194,3 +194,25 @@ def tiny_transformers_mae_normpix_dir(tmp_path_factory: pytest.TempPathFactory) 
     ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.485, 0.456, 0.406],
                       image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_transformers_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViTForImageClassification with 10 named classes and its ViTImageProcessor, saved with save_pretrained."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    labels = {i: name for i, name in enumerate(("cat", "dog", "rocket", "coffee", "camera", "astronaut", "galaxy",
+                                                 "tree", "car", "boat"))}
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=64, patch_size=16, num_labels=len(labels), id2label=labels,
+                       label2id={v: k for k, v in labels.items()})
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        # A wider head than the default init, so top-k order and scores differ between images.
+        model.classifier.weight.normal_(0, 2.0)
+    path = tmp_path_factory.mktemp("models") / "tiny-vit-hf-classifier"
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(path)
+    return path

@@ -19,7 +19,7 @@ from vitkit.errors import UsageError
 from vitkit.models.loading import load_model, resolve_precision, resolve_precision_name
 from vitkit.inputs.pixels import DeviceNormalize, split_normalize
 from vitkit.models.precision_check import compare_probabilities
-from vitkit.models.registry import CLASSIFY, ZEROSHOT, resolve
+from vitkit.models.registry import CLASSIFY, LABEL, resolve
 from vitkit.runtime.runner import RunOptions, run
 from vitkit.tasks.classify import ClassifyTask
 
@@ -125,7 +125,7 @@ def test_a_broken_compiler_is_a_clear_usage_error(monkeypatch: pytest.MonkeyPatc
     assert "C++ compiler" in (raised.value.hint or "")
 
 
-@pytest.mark.parametrize("capability", [CLASSIFY, ZEROSHOT])
+@pytest.mark.parametrize("capability", [CLASSIFY, LABEL])
 def test_uint8_pixels_normalised_later_equal_the_full_transform(capability: str, tiny_timm_dir: Path,
                                                                 tiny_open_clip_dir: Path) -> None:
     """Bit for bit: the same float32 operations in the same order, only on the other side of the IPC."""

@@ -11,13 +11,13 @@ import torch
 
 from vitkit.errors import ModelLoadError, ModelNotCachedError, ModelTaskMismatchError, UnknownModelError, UsageError
 from vitkit.models.loading import is_hub_reachable, load_model, resolve_device, resolve_precision
-from vitkit.models.registry import CLASSIFY, EMBED, INPAINT, OPEN_CLIP, TIMM, TRANSFORMERS, ZEROSHOT, resolve, resolve_any
+from vitkit.models.registry import CAPTION, CLASSIFY, EMBED, INPAINT, LABEL, OPEN_CLIP, TIMM, TRANSFORMERS, resolve, resolve_any
 
 
 def test_catalogue_alias_and_default() -> None:
     spec = resolve(None, CLASSIFY)
     assert spec.id == "vit-b16" and spec.backend == TIMM and spec.source.startswith("hf-hub:timm/vit_base_patch16_224")
-    assert resolve("clip-b32", ZEROSHOT).backend == OPEN_CLIP
+    assert resolve("clip-b32", LABEL).backend == OPEN_CLIP
 
 
 def test_library_native_references() -> None:
@@ -54,7 +54,7 @@ def test_local_folders_detected_by_their_files(tiny_timm_dir: Path, tiny_open_cl
     assert resolve_any(str(tiny_timm_dir)).backend == TIMM
     assert resolve_any(f"local-dir:{tiny_timm_dir}").source == f"local-dir:{tiny_timm_dir.resolve()}"
     clip = resolve_any(str(tiny_open_clip_dir))
-    assert clip.backend == OPEN_CLIP and {ZEROSHOT, EMBED} <= clip.capabilities
+    assert clip.backend == OPEN_CLIP and {LABEL, EMBED} <= clip.capabilities
     mae = resolve_any(str(tiny_transformers_mae_dir))
     assert mae.backend == TRANSFORMERS and INPAINT in mae.capabilities
 
@@ -135,3 +135,39 @@ def test_device_and_precision() -> None:
         assert resolve_device("auto").type in ("cpu", "mps")
         with pytest.raises(UsageError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_captioning_is_read_from_the_open_clip_config_not_the_name() -> None:
+    import open_clip
+
+    assert CAPTION in resolve_any("coca_ViT-B-32:mscoco_finetuned_laion2b_s13b_b90k").capabilities
+    assert CAPTION not in resolve_any("ViT-B-32:laion2b_s34b_b79k").capabilities
+    assert "multimodal_cfg" in open_clip.get_model_config("coca_ViT-B-32")
+
+
+def test_every_backend_honours_the_protocol(tiny_timm_dir: Path, tiny_open_clip_dir: Path,
+                                            tiny_transformers_mae_dir: Path) -> None:
+    from vitkit.models.backends import get_backend, list_backends
+
+    assert [b.name for b in list_backends()] == [OPEN_CLIP, TIMM, TRANSFORMERS]
+    names = ("resolve_name", "spec_for_folder", "spec_for_hub", "load", "draft_size", "hot_module", "hub_repo_id",
+             "class_names")
+    assert all(callable(getattr(b, n)) for b in list_backends() for n in names)
+    clip = load_model(resolve(str(tiny_open_clip_dir), EMBED), EMBED, "cpu", "fp32")
+    assert get_backend(OPEN_CLIP).hot_module(clip.module) is clip.module.visual  # what --compile compiles
+    assert clip.draft_size == 32
+    timm_model = load_model(resolve(str(tiny_timm_dir), CLASSIFY), CLASSIFY, "cpu", "fp32")
+    assert get_backend(TIMM).hot_module(timm_model.module) is timm_model.module and timm_model.draft_size == 249
+    mae = load_model(resolve(str(tiny_transformers_mae_dir), INPAINT), INPAINT, "cpu", "fp32")
+    assert mae.draft_size == 32
+    # A folder in one library's format is not mistaken for another's.
+    assert get_backend(TIMM).spec_for_folder(tiny_open_clip_dir, "x") is None
+    assert get_backend(TRANSFORMERS).spec_for_folder(tiny_timm_dir, "x") is None
+    assert get_backend(OPEN_CLIP).spec_for_folder(tiny_transformers_mae_dir, "x") is None
+
+
+def test_capability_errors_use_command_names(tiny_open_clip_dir: Path) -> None:
+    with pytest.raises(ModelTaskMismatchError) as info:
+        resolve(str(tiny_open_clip_dir), CLASSIFY)
+    assert "cannot classify; it can: embed (index, search), label" in info.value.message
+    assert "--task classify" in info.value.hint

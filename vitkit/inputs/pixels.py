@@ -54,13 +54,12 @@ def split_normalize(preprocess: Preprocess) -> tuple[Preprocess, DeviceNormalize
     if dataclasses.is_dataclass(preprocess) and any(f.name == "transform" for f in dataclasses.fields(preprocess)):
         inner, normalize = split_normalize(preprocess.transform)
         return (dataclasses.replace(preprocess, transform=inner), normalize) if normalize else (preprocess, None)
-    from torchvision.transforms import Compose, Normalize, ToTensor
-    from timm.data.transforms import MaybeToTensor
+    from torchvision.transforms import Compose, Normalize, ToTensor  # timm's MaybeToTensor is a ToTensor
 
     if not isinstance(preprocess, Compose) or len(preprocess.transforms) < 2:
         return preprocess, None
     *head, to_tensor, normalize = preprocess.transforms
-    if not (isinstance(to_tensor, (ToTensor, MaybeToTensor)) and isinstance(normalize, Normalize)):
+    if not (isinstance(to_tensor, ToTensor) and isinstance(normalize, Normalize)):
         return preprocess, None
     device_normalize = DeviceNormalize(_floats(normalize.mean), _floats(normalize.std))
     return Compose([*head, PilToUint8()]), device_normalize

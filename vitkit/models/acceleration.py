@@ -14,7 +14,6 @@ import warnings
 import torch
 
 from vitkit.errors import UsageError
-from vitkit.models.registry import OPEN_CLIP
 
 
 def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
@@ -65,11 +64,10 @@ def _forward_source(cls: type) -> str:
         return ""
 
 
-def compile_hot_module(module: torch.nn.Module, backend: str) -> None:
-    """torch.compile, in place, the part that runs on every image batch (open_clip: the image tower;
-    its text tower runs once per label set and is not worth the compile time)."""
-    target = module.visual if backend == OPEN_CLIP and hasattr(module, "visual") else module
-    target.compile()
+def compile_hot_module(hot_module: torch.nn.Module) -> None:
+    """torch.compile, in place, the part that runs on every image batch (the backend says which:
+    open_clip's image tower, whose text tower runs once per label set and is not worth the compile time)."""
+    hot_module.compile()
 
 
 def prefers_channels_last(module: torch.nn.Module, device: torch.device) -> bool:

@@ -14,7 +14,8 @@ import torch
 from vitkit.models.acceleration import (check_compile_works, compile_hot_module, configure_threads, prefers_channels_last,
                                  quantize_int8)
 from vitkit.errors import ModelLoadError, ModelNotCachedError, UsageError
-from vitkit.models.registry import OPEN_CLIP, TIMM, TRANSFORMERS, ModelSpec
+from vitkit.models.backends import get_backend
+from vitkit.models.spec import ModelSpec
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # name -> the dtype the runner autocasts to. int8 keeps fp32 compute outside the quantised Linear layers.
@@ -33,6 +34,11 @@ class LoadedModel:
     assets: Any  # backend-specific: TimmAssets, OpenClipAssets or HfAssets
     precision: str = "fp32"  # the resolved --precision name (int8 shares fp32's dtype), for records and benchmarks
     compiled: bool = False
+
+    @property
+    def draft_size(self) -> int | None:
+        """The shorter side the model's own preprocessing resizes to (draft JPEG decoding); None: decode in full."""
+        return get_backend(self.spec.backend).draft_size(self.assets)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -80,7 +86,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 def load_model(
     spec: ModelSpec,
-    capability: str,
+    capability: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     offline: bool = False,
@@ -98,13 +104,13 @@ def load_model(
     with _cache_lock:
         if key not in _cache:
             module, assets = _load_uncached(spec, capability, offline, trust_remote_code)
-            module = _prepare(module, spec.backend, torch_device, precision_name, compile)
+            module = _prepare(module, spec, torch_device, precision_name, compile)
             _cache[key] = LoadedModel(spec, module, torch_device, PRECISIONS[precision_name], assets,
                                       precision_name, compile)
         return _cache[key]
 
 
-def _prepare(module: torch.nn.Module, backend: str, device: torch.device, precision_name: str,
+def _prepare(module: torch.nn.Module, spec: ModelSpec, device: torch.device, precision_name: str,
              compile: bool) -> torch.nn.Module:
     module.requires_grad_(False)  # inference only: no autograd bookkeeping
     module = module.to(device)
@@ -113,7 +119,7 @@ def _prepare(module: torch.nn.Module, backend: str, device: torch.device, precis
     if precision_name == "int8":
         module = quantize_int8(module)
     if compile:
-        compile_hot_module(module, backend)
+        compile_hot_module(get_backend(spec.backend).hot_module(module))
     return module
 
 
@@ -122,27 +128,17 @@ def clear_model_cache() -> None:
         _cache.clear()
 
 
-def _load_uncached(spec: ModelSpec, capability: str, offline: bool, trust_remote_code: bool) -> tuple[torch.nn.Module, Any]:
+def _load_uncached(spec: ModelSpec, capability: str | None, offline: bool,
+                   trust_remote_code: bool) -> tuple[torch.nn.Module, Any]:
+    backend = get_backend(spec.backend)
     if not spec.is_local:
         prepare_hub_access(offline)
     try:
-        if spec.backend == TIMM:
-            from vitkit.models.backends.timm_ import load_timm
-
-            return load_timm(spec)
-        if spec.backend == OPEN_CLIP:
-            from vitkit.models.backends.open_clip_ import load_open_clip
-
-            return load_open_clip(spec)
-        if spec.backend == TRANSFORMERS:
-            from vitkit.models.backends.hf import load_transformers
-
-            return load_transformers(spec, capability, trust_remote_code)
+        return backend.load(spec, capability, trust_remote_code)
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - every library failure becomes one typed error
         raise translate_load_error(spec, exc) from exc
-    raise ModelLoadError(f"model {spec.id!r} names an unknown backend {spec.backend!r}")
 
 
 def translate_load_error(spec: ModelSpec, exc: BaseException) -> ModelLoadError:

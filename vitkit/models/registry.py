@@ -7,32 +7,20 @@ reference cannot be settled any other way (a bare timm name or an open_clip `arc
 from __future__ import annotations
 
 import difflib
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitkit.errors import ModelTaskMismatchError, UnknownModelError
+from vitkit.errors import ModelTaskMismatchError, UnknownModelError, UsageError
+from vitkit.models.spec import (CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DETECT, EMBED, INPAINT, LABEL,
+                                OPEN_CLIP, SEGMENT, TIMM, TRANSFORMERS, ZEROSHOT, ModelSpec, describe_capability)
 
-# What a command needs a model to be able to do.
-CLASSIFY = "classify"
-ZEROSHOT = "zeroshot"
-EMBED = "embed"
-CAPTION = "caption"
-DETECT = "detect"
-SEGMENT = "segment"
-INPAINT = "inpaint"
+__all__ = ["CAPABILITIES", "CAPTION", "CLASSIFY", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP", "SEGMENT", "TIMM",
+           "TRANSFORMERS", "ZEROSHOT", "ModelSpec", "resolve", "resolve_any", "list_catalogue", "get_default_model"]
 
-TIMM = "timm"
-OPEN_CLIP = "open_clip"
-TRANSFORMERS = "transformers"
-
-CLIP_CAPABILITIES = frozenset({ZEROSHOT, EMBED})
-
-# For references that do not say which library they belong to (`hf-hub:org/repo`, `org/repo`),
-# the capability the command needs decides.
+# For hub references that do not say which library they belong to (`hf-hub:org/repo`, `org/repo`) and
+# whose config is not in the cache, the command the model is for decides.
 BACKEND_FOR_CAPABILITY = {
     CLASSIFY: TIMM,
-    ZEROSHOT: OPEN_CLIP,
+    LABEL: OPEN_CLIP,
     EMBED: OPEN_CLIP,
     CAPTION: OPEN_CLIP,
     DETECT: TRANSFORMERS,
@@ -41,29 +29,17 @@ BACKEND_FOR_CAPABILITY = {
 }
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to load a model, and nothing that needs the weights."""
-
-    id: str  # what the user sees: a catalogue alias or the reference as typed
-    backend: str
-    source: str  # the library-native reference handed to the backend
-    capabilities: frozenset[str]
-    description: str = ""
-    params_millions: float | None = None
-    local_path: str | None = None
-    extra: tuple[tuple[str, str], ...] = field(default=())
-
-    @property
-    def is_local(self) -> bool:
-        return self.local_path is not None
-
-    def describe_source(self) -> str:
-        return self.source if self.source == self.id else f"{self.id} ({self.source})"
+class AmbiguousModelError(UsageError):
+    """A hub id that several libraries could have saved, with nothing yet to tell which."""
 
 
-def _alias(alias: str, backend: str, source: str, caps: frozenset[str], desc: str, params: float) -> ModelSpec:
-    return ModelSpec(alias, backend, source, caps, desc, params)
+def _alias(alias: str, backend: str, source: str, caps: frozenset[str], desc: str, params: float,
+           hub_repo: str | None = None) -> ModelSpec:
+    # transformers and hf-hub: sources name their repo; open_clip's pretrained tags are given it here so
+    # that listing the catalogue needs no library.
+    if hub_repo is None:
+        hub_repo = source.removeprefix("hf-hub:") if source.startswith("hf-hub:") or backend == TRANSFORMERS else None
+    return ModelSpec(alias, backend, source, caps, desc, params, hub_repo=hub_repo)
 
 
 _C = frozenset({CLASSIFY})
@@ -81,13 +57,16 @@ CATALOGUE: dict[str, ModelSpec] = {
         _alias("eva02-b", TIMM, "hf-hub:timm/eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", _C,
                "EVA-02 B/14 at 448 px, MIM + ImageNet-22k, ImageNet-1k fine-tune (88.7% top-1)", 87.1),
         _alias("clip-b32", OPEN_CLIP, "ViT-B-32:laion2b_s34b_b79k", CLIP_CAPABILITIES,
-               "OpenCLIP ViT-B/32 trained on LAION-2B (66.6% zero-shot ImageNet), fast on CPU", 151.3),
+               "OpenCLIP ViT-B/32 trained on LAION-2B (66.6% zero-shot ImageNet), fast on CPU", 151.3,
+               "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
         _alias("clip-b16", OPEN_CLIP, "ViT-B-16:laion2b_s34b_b88k", CLIP_CAPABILITIES,
-               "OpenCLIP ViT-B/16 trained on LAION-2B (70.2% zero-shot ImageNet)", 149.6),
+               "OpenCLIP ViT-B/16 trained on LAION-2B (70.2% zero-shot ImageNet)", 149.6,
+               "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
         _alias("siglip-b16", OPEN_CLIP, "ViT-B-16-SigLIP:webli", CLIP_CAPABILITIES,
-               "SigLIP ViT-B/16 trained on WebLI (76.0% zero-shot ImageNet)", 203.2),
+               "SigLIP ViT-B/16 trained on WebLI (76.0% zero-shot ImageNet)", 203.2, "timm/ViT-B-16-SigLIP"),
         _alias("coca-b32", OPEN_CLIP, "coca_ViT-B-32:mscoco_finetuned_laion2b_s13b_b90k",
-               CLIP_CAPABILITIES | {CAPTION}, "CoCa ViT-B/32, LAION-2B, fine-tuned for MS-COCO captions", 253.6),
+               CLIP_CAPABILITIES | {CAPTION}, "CoCa ViT-B/32, LAION-2B, fine-tuned for MS-COCO captions", 253.6,
+               "laion/mscoco_finetuned_CoCa-ViT-B-32-laion2B-s13B-b90k"),
         _alias("detr-r50", TRANSFORMERS, "facebook/detr-resnet-50", frozenset({DETECT}),
                "DETR ResNet-50 (timm backbone), COCO 2017 detection (42.0 AP)", 41.3),
         _alias("segformer-b0", TRANSFORMERS, "nvidia/segformer-b0-finetuned-ade-512-512", frozenset({SEGMENT}),
@@ -105,7 +84,7 @@ CATALOGUE: dict[str, ModelSpec] = {
 
 DEFAULT_MODELS = {
     CLASSIFY: "vit-b16",
-    ZEROSHOT: "clip-b32",
+    LABEL: "clip-b32",
     EMBED: "clip-b32",
     CAPTION: "coca-b32",
     DETECT: "detr-r50",
@@ -115,17 +94,6 @@ DEFAULT_MODELS = {
 
 # Segmentation has one capability but three modes, each with its own default model.
 DEFAULT_SEGMENT_MODELS = {"semantic": "segformer-b0", "panoptic": "mask2former-swin-t", "text": "clipseg"}
-
-# transformers names its task heads by suffix; that suffix (not the model's name) says what it can do.
-_HF_HEAD_CAPABILITIES = (
-    ("ForObjectDetection", DETECT),
-    ("ForSemanticSegmentation", SEGMENT),
-    ("ForUniversalSegmentation", SEGMENT),
-    ("ForImageSegmentation", SEGMENT),
-    ("ForSegmentation", SEGMENT),
-    ("MAEForPreTraining", INPAINT),
-    ("ForImageClassification", CLASSIFY),
-)
 
 
 def list_catalogue() -> list[ModelSpec]:
@@ -140,17 +108,20 @@ def resolve(reference: str | None, capability: str) -> ModelSpec:
     """Turn a `--model` value (or None for the default) into a spec able to do `capability`."""
     spec = resolve_any(reference or DEFAULT_MODELS[capability], capability)
     if capability not in spec.capabilities:
-        can_do = ", ".join(sorted(spec.capabilities)) or "nothing vitkit runs"
+        can_do = ", ".join(describe_capability(c) for c in sorted(spec.capabilities)) or "nothing vitkit runs"
         default = DEFAULT_MODELS[capability]
         raise ModelTaskMismatchError(
-            f"model {spec.id!r} ({spec.backend}) cannot {capability}; it can: {can_do}",
-            hint=f"pick a {capability} model from `vitkit models list`, e.g. --model {default}",
+            f"model {spec.id!r} ({spec.backend}) cannot {describe_capability(capability)}; it can: {can_do}",
+            hint=f"pick a model from `vitkit models list --task {capability}`, e.g. --model {default}",
         )
     return spec
 
 
 def resolve_any(reference: str, capability: str | None = None) -> ModelSpec:
-    """Resolve without checking capabilities; `capability` only settles which library an ambiguous hub id is for."""
+    """Resolve without checking capabilities. A hub id that any library could have saved is settled by
+    its config in the local cache, else by `capability`; AmbiguousModelError when neither can tell."""
+    from vitkit.models.backends import get_backend
+
     reference = reference.strip()
     if reference in CATALOGUE:
         return CATALOGUE[reference]
@@ -158,16 +129,15 @@ def resolve_any(reference: str, capability: str | None = None) -> ModelSpec:
         return inspect_local_folder(Path(reference.removeprefix("local-dir:")).expanduser(), reference)
     if _looks_like_path(reference):
         return inspect_local_folder(Path(reference).expanduser(), reference)
-    backend = BACKEND_FOR_CAPABILITY.get(capability or CLASSIFY, TIMM)
-    if reference.startswith("hf-hub:"):
-        return _hub_spec(reference, reference.removeprefix("hf-hub:"), backend)
     if reference.startswith("timm/"):
-        return _hub_spec(reference, reference, TIMM)
+        return get_backend(TIMM).spec_for_hub(reference, reference, None)
+    if reference.startswith("hf-hub:"):
+        return _hub_spec(reference, reference.removeprefix("hf-hub:"), capability)
     if ":" in reference:
-        return _open_clip_spec(reference)
+        return get_backend(OPEN_CLIP).resolve_name(reference)
     if reference.count("/") == 1:
-        return _hub_spec(reference, reference, backend)
-    return _timm_name_spec(reference)
+        return _hub_spec(reference, reference, capability)
+    return get_backend(TIMM).resolve_name(reference)
 
 
 def _looks_like_path(reference: str) -> bool:
@@ -176,84 +146,42 @@ def _looks_like_path(reference: str) -> bool:
     return reference.startswith(("/", "./", "../", "~", ".\\")) or reference.count("/") > 1
 
 
-def _hub_spec(reference: str, repo_id: str, backend: str) -> ModelSpec:
-    caps = {TIMM: frozenset({CLASSIFY}), OPEN_CLIP: CLIP_CAPABILITIES | {CAPTION}}.get(backend)
-    if backend == TRANSFORMERS:
-        # Without the config we cannot tell the head; the command's own check happens at load time.
-        caps = frozenset({DETECT, SEGMENT, INPAINT})
-        return ModelSpec(reference, backend, repo_id, caps)
-    return ModelSpec(reference, backend, f"hf-hub:{repo_id}", caps or frozenset())
+def _hub_spec(reference: str, repo_id: str, capability: str | None) -> ModelSpec:
+    from vitkit.models.backends import get_backend, list_backends
+    from vitkit.models.cache import cached_snapshot
+
+    snapshot = cached_snapshot(repo_id.split("@")[0])
+    if snapshot is not None:
+        for backend in list_backends():
+            if backend.spec_for_folder(snapshot, reference) is not None:
+                return backend.spec_for_hub(reference, repo_id, snapshot)
+    if capability is None:
+        raise AmbiguousModelError(
+            f"{reference!r} could be a timm, open_clip or transformers model, and its config is not in the cache",
+            hint=f"say which command it is for with --task ({', '.join(CAPABILITIES)})",
+        )
+    return get_backend(BACKEND_FOR_CAPABILITY[capability]).spec_for_hub(reference, repo_id, None)
 
 
 def inspect_local_folder(path: Path, reference: str) -> ModelSpec:
     """Tell which library saved a folder from the files in it (DESIGN.md: local folders)."""
+    from vitkit.models.backends import list_backends
+
     if not path.is_dir():
         raise UnknownModelError(
             f"model folder {str(path)!r} does not exist" if not path.exists() else f"{str(path)!r} is a file, not a model folder",
             hint="pass a folder saved by timm (save_for_hf), open_clip or transformers (save_pretrained)",
         )
-    local = str(path.resolve())
-    if (path / "open_clip_config.json").is_file():
-        config = _read_json(path / "open_clip_config.json")
-        caps = CLIP_CAPABILITIES | ({CAPTION} if "multimodal_cfg" in config.get("model_cfg", {}) else set())
-        return ModelSpec(reference, OPEN_CLIP, f"local-dir:{local}", frozenset(caps), local_path=local)
-    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
-    if "architecture" in config:
-        return ModelSpec(reference, TIMM, f"local-dir:{local}", frozenset({CLASSIFY}),
-                         description=f"timm {config['architecture']}", local_path=local)
-    if "model_type" in config:
-        heads = config.get("architectures") or []
-        caps = {cap for head in heads for suffix, cap in _HF_HEAD_CAPABILITIES if head.endswith(suffix)}
-        return ModelSpec(reference, TRANSFORMERS, local, frozenset(caps),
-                         description=f"transformers {config['model_type']}", local_path=local)
+    for backend in list_backends():
+        if (spec := backend.spec_for_folder(path, reference)) is not None:
+            return spec
     raise UnknownModelError(
         f"folder {str(path)!r} is not a model folder vitkit recognises",
         hint="expected open_clip_config.json (open_clip), or config.json with 'architecture' (timm) or 'model_type' (transformers)",
     )
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UnknownModelError(f"cannot read {str(path)!r}: {exc}", hint="re-save the model folder") from exc
-    if not isinstance(data, dict):
-        raise UnknownModelError(f"{str(path)!r} does not hold a JSON object", hint="re-save the model folder")
-    return data
-
-
-def _open_clip_spec(reference: str) -> ModelSpec:
-    import open_clip
-
-    arch, _, tag = reference.partition(":")
-    if arch not in open_clip.list_models():
-        _raise_unknown(reference, [f"{a}:{t}" for a, t in open_clip.list_pretrained()])
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    if tag not in tags:
-        # An unknown tag must never become random weights.
-        raise UnknownModelError(
-            f"open_clip model {arch!r} has no pretrained weights tagged {tag!r}",
-            hint=f"known tags: {', '.join(tags) or 'none'}",
-        )
-    caps = CLIP_CAPABILITIES | ({CAPTION} if arch.startswith("coca") else set())
-    return ModelSpec(reference, OPEN_CLIP, reference, frozenset(caps))
-
-
-def _timm_name_spec(reference: str) -> ModelSpec:
-    import timm
-
-    pretrained = timm.list_pretrained()
-    if reference in pretrained or timm.list_pretrained(f"{reference}.*"):
-        return ModelSpec(reference, TIMM, reference, frozenset({CLASSIFY}))
-    if timm.is_model(reference):
-        raise UnknownModelError(
-            f"timm model {reference!r} has no pretrained weights",
-            hint="vitkit never runs random weights; pick a tagged name from `timm.list_pretrained()`",
-        )
-    _raise_unknown(reference, pretrained)
-
-
-def _raise_unknown(reference: str, more_names: list[str]) -> None:
+def raise_unknown(reference: str, more_names: list[str]) -> None:
     matches = difflib.get_close_matches(reference, list(CATALOGUE) + more_names, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(matches)}?" if matches else "see `vitkit models list`"
     raise UnknownModelError(f"unknown model {reference!r}", hint=hint)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.models.backends.open_clip_ import OpenClipAssets, resize_size
+from vitkit.models.backends.open_clip_ import OpenClipAssets
 from vitkit.inputs.data import Sample
 from vitkit.models.backends.coca_decoding import beam_search_decode, greedy_decode
 from vitkit.inputs.discover import InputItem
@@ -77,7 +77,7 @@ class CaptionTask:
         self.num_beams = num_beams
         self.length_penalty = length_penalty
         self.preprocess = model.assets.transform
-        self.draft_size = resize_size(model.assets.transform)
+        self.draft_size = model.draft_size
 
     def _encode_prefix(self, prefix: str) -> list[int]:
         if not prefix:

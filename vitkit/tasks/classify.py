@@ -1,4 +1,8 @@
-"""Image classification with a timm model: top-k labels with softmax probabilities."""
+"""Image classification with a timm or transformers classifier: top-k labels with their probabilities.
+
+The backend supplies the checkpoint's own preprocessing, class names and scoring (see
+`models/backends/base.py: Classifier`); records have the same schema whichever library made the model.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.models.backends.timm_ import TimmAssets, resize_size
+from vitkit.errors import ModelTaskMismatchError, UsageError
 from vitkit.inputs.data import Sample
-from vitkit.errors import UsageError
+from vitkit.models.backends import get_backend
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout, explode_rows
 
@@ -28,19 +32,23 @@ class ClassifyTask:
     layout = CLASSIFY_LAYOUT
 
     def __init__(self, model: LoadedModel, top_k: int = 5) -> None:
-        if not isinstance(model.assets, TimmAssets):
-            raise UsageError(f"model {model.spec.id!r} is not a timm classifier")
+        make_classifier = getattr(get_backend(model.spec.backend), "classifier", None)
+        if make_classifier is None:
+            raise ModelTaskMismatchError(f"model {model.spec.id!r} ({model.spec.backend}) cannot classify",
+                                         hint="pick a classify model from `vitkit models list --task classify`")
         if top_k < 1:
             raise UsageError(f"--top-k must be at least 1, not {top_k}")
         self.model = model
-        self.labels = model.assets.labels
+        self.classifier = make_classifier(model.module, model.assets)
+        self.labels = self.classifier.labels
         self.top_k = min(top_k, len(self.labels))
-        self.preprocess = model.assets.transform  # timm's own eval transform (aspect-capped: backends/aspect.py)
-        self.draft_size = resize_size(model.assets.data_config)
+        self.preprocess = self.classifier.preprocess  # the checkpoint's own (timm's aspect-capped: backends/aspect.py)
+        if self.classifier.collate_inputs is not None:
+            self.collate_inputs = self.classifier.collate_inputs
+        self.draft_size = model.draft_size
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model.module(images)  # (B, num_classes)
-        return logits.float().softmax(dim=-1)
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self.classifier.scores(self.model.module, inputs)  # (B, num_classes)
 
     def postprocess(self, probabilities: torch.Tensor, samples: Sequence[Sample]) -> list[dict[str, Any]]:
         scores, class_ids = probabilities.topk(self.top_k, dim=-1)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vitkit.models.backends.open_clip_ import OpenClipAssets, encode_images, encode_texts, resize_size
+from vitkit.models.backends.open_clip_ import OpenClipAssets, encode_images, encode_texts
 from vitkit.inputs.data import Sample
 from vitkit.errors import UsageError
 from vitkit.models.loading import LoadedModel
@@ -29,7 +29,7 @@ class EmbedTask:
             raise UsageError(f"model {model.spec.id!r} is not an open_clip model")
         self.model = model
         self.preprocess = model.assets.transform
-        self.draft_size = resize_size(model.assets.transform)
+        self.draft_size = model.draft_size
 
     @property
     def dim(self) -> int:

@@ -24,7 +24,7 @@ SEMANTIC, PANOPTIC, TEXT = "semantic", "panoptic", "text"
 MODES = (SEMANTIC, PANOPTIC, TEXT)
 TEXT_THRESHOLD = 0.5  # CLIPSeg: a pixel shows a prompt where sigmoid(logit) > 0.5
 _POST_PROCESS = {SEMANTIC: "post_process_semantic_segmentation", PANOPTIC: "post_process_panoptic_segmentation"}
-_SEGMENTATION_HEADS = ("ForSemanticSegmentation", "ForUniversalSegmentation", "ForImageSegmentation", "ForSegmentation")
+from vitkit.models.backends.hf import SEGMENTATION_HEADS as _SEGMENTATION_HEADS  # noqa: E402 - the one head list
 # Query-based outputs whose masks cover the whole padded batch canvas: (B, Q, h, w).
 _PADDED_MASK_FIELDS = ("masks_queries_logits", "pred_masks")
 

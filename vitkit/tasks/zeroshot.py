@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 import torch
 
-from vitkit.models.backends.open_clip_ import OpenClipAssets, encode_images, resize_size
+from vitkit.models.backends.open_clip_ import (OpenClipAssets, build_text_classifier, encode_images, imagenet_templates,
+                                              logit_scale_and_bias)
 from vitkit.inputs.data import Sample
 from vitkit.errors import UsageError
 from vitkit.models.loading import LoadedModel
@@ -24,12 +25,7 @@ DEFAULT_SIGMOID_THRESHOLD = 0.5
 
 
 def get_builtin_templates(name: str) -> list[str]:
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-
-    if name == "none":
-        return ["{}"]
-    sets = {"imagenet7": SIMPLE_IMAGENET_TEMPLATES, "imagenet80": OPENAI_IMAGENET_TEMPLATES}
-    return [template("{}") for template in sets[name]]
+    return ["{}"] if name == "none" else imagenet_templates(full=name == "imagenet80")
 
 
 def resolve_templates(templates: Sequence[str] | None, templates_source: str | None) -> list[str]:
@@ -92,11 +88,8 @@ class ZeroShotTask:
         self.top_k = min(top_k, len(self.labels))
         self.multi_label = multi_label
         self.preprocess = model.assets.transform
-        self.draft_size = resize_size(model.assets.transform)
-        module = model.module
-        self.logit_scale = float(module.logit_scale.detach().exp())
-        bias = getattr(module, "logit_bias", None)
-        self.logit_bias = None if bias is None else float(bias.detach())
+        self.draft_size = model.draft_size
+        self.logit_scale, self.logit_bias = logit_scale_and_bias(model.module)
         # SigLIP-type models are trained with a sigmoid over (scale * cos + bias), so their independent
         # scores are probabilities; CLIP's are not, and its cosine similarity is the honest score.
         self.uses_sigmoid = self.logit_bias is not None
@@ -105,12 +98,9 @@ class ZeroShotTask:
         self.classifier = self._build_classifier(templates)  # (D, C)
 
     def _build_classifier(self, templates: Sequence[str]) -> torch.Tensor:
-        from open_clip import build_zero_shot_classifier
-
         with torch.inference_mode(), autocast_for(self.model.device, self.model.dtype):
-            weights = build_zero_shot_classifier(self.model.module, self.model.assets.tokenizer, self.labels,
-                                                 list(templates), num_classes_per_batch=16, device=self.model.device)
-        return torch.nn.functional.normalize(weights.float(), dim=0)
+            return build_text_classifier(self.model.module, self.model.assets.tokenizer, self.labels, templates,
+                                         self.model.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         cosine = encode_images(self.model.module, images) @ self.classifier  # (B, C)

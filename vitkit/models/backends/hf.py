@@ -1,15 +1,21 @@
-"""transformers: detection, segmentation and MAE models with their own processors."""
+"""transformers: classification, detection, segmentation and MAE models with their own processors.
+
+What a checkpoint can do is read from the head class its config names (`architectures`), never from
+its name.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from vitkit.errors import ModelTaskMismatchError, UnknownModelError
+from vitkit.models.backends.base import Classifier, ClassNames, read_config
+from vitkit.models.spec import CLASSIFY, DETECT, INPAINT, SEGMENT, TRANSFORMERS, ModelSpec
 
-from vitkit.models.backends.aspect import squash_long_side
-from vitkit.errors import ModelTaskMismatchError
-from vitkit.models.registry import CLASSIFY, DETECT, INPAINT, SEGMENT, ModelSpec
+if TYPE_CHECKING:
+    import torch
 
 # Aspect-keeping processors fit the long side into `longest_edge`; images are squashed only as far as
 # keeps the short side at least this many pixels (a 1 x 5000 image would come out 0 pixels wide).
@@ -17,6 +23,24 @@ MIN_SHORT_SIDE = 16
 # With `shortest_edge` alone the long side is unbounded: the resized image is kept within this many
 # squares of the short side (at `shortest_edge: 800`, 800 x 6400).
 SHORTEST_EDGE_ONLY_MAX_RATIO = 8.0
+
+# transformers names its task heads by suffix; that suffix (not the model's name) says what it can do.
+# The one list of head classes vitkit knows.
+HEAD_CAPABILITIES = (
+    ("ForObjectDetection", DETECT),
+    ("ForSemanticSegmentation", SEGMENT),
+    ("ForUniversalSegmentation", SEGMENT),
+    ("ForImageSegmentation", SEGMENT),
+    ("ForSegmentation", SEGMENT),
+    ("MAEForPreTraining", INPAINT),
+    ("ForImageClassification", CLASSIFY),
+)
+SEGMENTATION_HEADS = tuple(suffix for suffix, capability in HEAD_CAPABILITIES if capability == SEGMENT)
+# What an `org/repo` id can be for when its config is not in the cache yet; the command's own check
+# happens at load time.
+_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT})
+# Heads whose config's id2label names the classes it predicts.
+_CLASS_HEAD_CAPABILITIES = frozenset({CLASSIFY, DETECT, SEGMENT})
 
 # Used only when a checkpoint's config names no architecture class of its own.
 _AUTO_CLASS_FOR_CAPABILITY = {
@@ -27,13 +51,107 @@ _AUTO_CLASS_FOR_CAPABILITY = {
 }
 
 
+def head_capabilities(architectures: list[str] | None) -> frozenset[str]:
+    return frozenset(cap for head in architectures or () for suffix, cap in HEAD_CAPABILITIES if head.endswith(suffix))
+
+
 @dataclass(frozen=True)
 class HfAssets:
     processor: Any  # the checkpoint's own processor: an image processor, or image processor + tokenizer (CLIPSeg)
     config: Any
 
+    @property
+    def image_processor(self) -> Any:
+        return getattr(self.processor, "image_processor", self.processor)
 
-def load_transformers(spec: ModelSpec, capability: str, trust_remote_code: bool = False) -> tuple[torch.nn.Module, HfAssets]:
+
+class TransformersBackend:
+    name = TRANSFORMERS
+
+    def resolve_name(self, reference: str) -> ModelSpec:
+        raise UnknownModelError(f"unknown model {reference!r}",
+                                hint="give a transformers model as its Hugging Face id (org/repo) or a saved folder")
+
+    def spec_for_folder(self, path: Path, reference: str) -> ModelSpec | None:
+        config = read_config(path, "config.json")
+        if config is None or "model_type" not in config:
+            return None
+        local = str(path.resolve())
+        return ModelSpec(reference, TRANSFORMERS, local, head_capabilities(config.get("architectures")),
+                         description=f"transformers {config['model_type']}", local_path=local)
+
+    def spec_for_hub(self, reference: str, repo_id: str, snapshot: Path | None) -> ModelSpec:
+        config = read_config(snapshot, "config.json")
+        if config is None or "model_type" not in config:
+            return ModelSpec(reference, TRANSFORMERS, repo_id, _UNKNOWN_HEAD_CAPABILITIES, hub_repo=repo_id)
+        return ModelSpec(reference, TRANSFORMERS, repo_id, head_capabilities(config.get("architectures")),
+                         description=f"transformers {config['model_type']}", hub_repo=repo_id)
+
+    def load(self, spec: ModelSpec, capability: str | None = None,
+             trust_remote_code: bool = False) -> tuple["torch.nn.Module", HfAssets]:
+        return load_transformers(spec, capability, trust_remote_code)
+
+    def draft_size(self, assets: HfAssets) -> int | None:
+        return processor_short_side(assets.image_processor)
+
+    def hot_module(self, module: "torch.nn.Module") -> "torch.nn.Module":
+        return module
+
+    def classifier(self, module: "torch.nn.Module", assets: HfAssets) -> Classifier:
+        """The checkpoint's own image processor and id2label; scores as transformers' image-classification
+        pipeline computes them (softmax, or sigmoid for multi-label and single-logit heads)."""
+        config = module.config
+        labels = id2label_names(getattr(config, "id2label", None) or {}) or ()
+        labels = tuple(labels) + tuple(f"LABEL_{i}" for i in range(len(labels), int(config.num_labels)))
+        image_processor = assets.image_processor
+        return Classifier(ProcessorPreprocess(image_processor), labels[: int(config.num_labels)],
+                          LogitScores(_activation(config)), PadWithProcessor(image_processor))
+
+    def hub_repo_id(self, spec: ModelSpec) -> str | None:
+        return None if spec.is_local else spec.source
+
+    def class_names(self, spec: ModelSpec) -> ClassNames:
+        from vitkit.models.cache import cached_snapshot
+
+        folder = Path(spec.local_path) if spec.local_path else cached_snapshot(spec.source)
+        config = read_config(folder, "config.json")
+        if config is None:
+            return ClassNames(None, f"unknown until the model is downloaded (`vitkit models pull {spec.id}`)")
+        if not head_capabilities(config.get("architectures")) & _CLASS_HEAD_CAPABILITIES:
+            return ClassNames(None, "none: its head does not predict classes")
+        names = id2label_names(config.get("id2label") or {})
+        return ClassNames(names, "" if names else "the checkpoint does not name its classes")
+
+
+def id2label_names(id2label: dict[Any, str]) -> tuple[str, ...] | None:
+    """Class names in class-id order; None when transformers' placeholders (LABEL_0, ...) are all there is."""
+    by_id = {int(k): str(v) for k, v in id2label.items()}
+    names = tuple(by_id.get(i, f"LABEL_{i}") for i in range(max(by_id, default=-1) + 1))
+    return None if names == tuple(f"LABEL_{i}" for i in range(len(names))) else names
+
+
+def _activation(config: Any) -> str:
+    problem = getattr(config, "problem_type", None)
+    if problem == "regression":
+        return "none"
+    if problem == "multi_label_classification" or int(config.num_labels) == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+@dataclass(frozen=True)
+class LogitScores:
+    activation: str  # softmax | sigmoid | none
+
+    def __call__(self, module: "torch.nn.Module", inputs: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+        logits = module(**inputs).logits.float()  # (B, num_labels)
+        if self.activation == "softmax":
+            return logits.softmax(dim=-1)
+        return logits.sigmoid() if self.activation == "sigmoid" else logits
+
+
+def load_transformers(spec: ModelSpec, capability: str | None,
+                      trust_remote_code: bool = False) -> tuple["torch.nn.Module", HfAssets]:
     import transformers
 
     # Its per-load "Loading weights" bar would land on stderr for every run; downloads keep their own.
@@ -46,13 +164,13 @@ def load_transformers(spec: ModelSpec, capability: str, trust_remote_code: bool 
     return model, HfAssets(_load_processor(transformers, spec.source, trust_remote_code), config)
 
 
-def _model_class(transformers: Any, config: Any, capability: str, spec: ModelSpec) -> Any:
+def _model_class(transformers: Any, config: Any, capability: str | None, spec: ModelSpec) -> Any:
     """The head the checkpoint was saved with (its config says), so DETR-panoptic, Mask2Former and
     CLIPSeg each get their own class; the capability's Auto class otherwise."""
     for name in getattr(config, "architectures", None) or []:
         if hasattr(transformers, name):
             return getattr(transformers, name)
-    auto_name = _AUTO_CLASS_FOR_CAPABILITY.get(capability)
+    auto_name = _AUTO_CLASS_FOR_CAPABILITY.get(capability or "")
     if auto_name is None:
         raise ModelTaskMismatchError(f"model {spec.id!r} cannot {capability}")
     return getattr(transformers, auto_name)
@@ -106,9 +224,11 @@ class ProcessorPreprocess:
 
     image_processor: Any
 
-    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+    def __call__(self, image: Any) -> dict[str, "torch.Tensor"]:
         max_ratio = processor_max_ratio(self.image_processor)
         if max_ratio is not None:
+            from vitkit.models.backends.aspect import squash_long_side
+
             image = squash_long_side(image, max_ratio)
         encoded = self.image_processor(images=image, return_tensors="pt")
         return {key: encoded[key][0] for key in ("pixel_values", "pixel_mask") if key in encoded}  # (3, H, W), (H, W)
@@ -122,7 +242,9 @@ class PadWithProcessor:
 
     image_processor: Any
 
-    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict[str, "torch.Tensor"]]) -> dict[str, "torch.Tensor"]:
+        import torch
+
         if "pixel_mask" not in items[0]:
             return {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
         height = max(item["pixel_values"].shape[-2] for item in items)
@@ -134,3 +256,6 @@ class PadWithProcessor:
             mask = item["pixel_mask"]
             valid.append(torch.nn.functional.pad(mask, (0, width - mask.shape[-1], 0, height - mask.shape[-2]))[None])
         return {"pixel_values": torch.cat(values), "pixel_mask": torch.cat(valid)}
+
+
+BACKEND = TransformersBackend()

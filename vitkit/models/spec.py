@@ -1,0 +1,58 @@
+"""What a model is, as data: capabilities (named after the commands that use them), library names and `ModelSpec`.
+
+Kept free of heavy imports: the registry, the backends and `vitkit models list` all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# What a command needs a model to be able to do. Each value is the name of the command that needs it,
+# so that errors and `vitkit models list --task` speak the user's words; `embed` is what `index` and
+# `search` need (image and text vectors in one space).
+CLASSIFY = "classify"
+LABEL = "label"
+EMBED = "embed"
+CAPTION = "caption"
+DETECT = "detect"
+SEGMENT = "segment"
+INPAINT = "inpaint"
+CAPABILITIES = (CLASSIFY, LABEL, EMBED, CAPTION, DETECT, SEGMENT, INPAINT)
+ZEROSHOT = LABEL  # the old internal name; kept so that older call sites keep working
+
+# The commands that use a capability, where that is not the capability's own name.
+COMMANDS_FOR_CAPABILITY = {EMBED: ("index", "search")}
+
+TIMM = "timm"
+OPEN_CLIP = "open_clip"
+TRANSFORMERS = "transformers"
+
+CLIP_CAPABILITIES = frozenset({LABEL, EMBED})
+
+
+def describe_capability(capability: str) -> str:
+    """`embed (index, search)` for capabilities that are not a command of their own; else the name."""
+    commands = COMMANDS_FOR_CAPABILITY.get(capability)
+    return f"{capability} ({', '.join(commands)})" if commands else capability
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to load a model, and nothing that needs the weights."""
+
+    id: str  # what the user sees: a catalogue alias or the reference as typed
+    backend: str
+    source: str  # the library-native reference handed to the backend
+    capabilities: frozenset[str]
+    description: str = ""
+    params_millions: float | None = None
+    local_path: str | None = None
+    extra: tuple[tuple[str, str], ...] = field(default=())
+    hub_repo: str | None = None  # the Hugging Face repo the weights come from, when known without the library
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_path is not None
+
+    def describe_source(self) -> str:
+        return self.source if self.source == self.id else f"{self.id} ({self.source})"
