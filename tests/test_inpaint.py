@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl
 from vitkit.cli import app
-from vitkit.tasks.inpaint import PatchGrid, box_patch_mask, denormalise_patches
+from vitkit.models.backends.mae import PatchGrid, denormalise_patches
+from vitkit.tasks.inpaint_masks import box_patch_mask
 
 runner = CliRunner()
 NORMPIX_GRID = 8  # tiny_transformers_mae_normpix_dir: 64 px input, 8 px patches
@@ -235,7 +236,7 @@ def test_reconstruction_matches_transformers_reference(tiny_transformers_mae_nor
     loaded = load_model(resolve(str(tiny_transformers_mae_normpix_dir), INPAINT), INPAINT, "cpu", "fp32")
     task = InpaintTask(loaded, InpaintOptions(out_dir="unused"))
     with torch.inference_mode():
-        [result] = task.reconstruct(pixel_values, masked)
+        [result] = task.reconstructions(task.forward({"pixel_values": pixel_values, "noise": masked.float()}))
     assert np.abs(np.asarray(result.predicted).astype(int) - expected).max() <= 1
     resized = np.asarray(image.resize((64, 64), Image.Resampling.BILINEAR)).astype(int)
     pasted = np.asarray(result.pasted).astype(int)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import default_collate
 
 from vitkit.models.backends.timm_ import TimmAssets, resize_size
-from vitkit.inputs.data import Sample
+from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.errors import UsageError
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout, explode_rows
@@ -35,7 +36,8 @@ class ClassifyTask:
         self.model = model
         self.labels = model.assets.labels
         self.top_k = min(top_k, len(self.labels))
-        self.preprocess = model.assets.transform  # timm's own eval transform (aspect-capped: backends/aspect.py)
+        self.preprocess = ImagePreprocess(model.assets.transform)  # timm's own eval transform (aspect-capped: backends/aspect.py)
+        self.collate_inputs = default_collate
         self.draft_size = resize_size(model.assets.data_config)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

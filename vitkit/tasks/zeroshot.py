@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import default_collate
 
 from vitkit.models.backends.open_clip_ import OpenClipAssets, encode_images, resize_size
-from vitkit.inputs.data import Sample
+from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.errors import UsageError
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout, explode_rows
-from vitkit.runtime.runner import autocast_for
+from vitkit.runtime.runner import model_context
 
 # Built-in ensembles, as format strings so they can be shown and saved. imagenet7 is the 7-prompt
 # subset the CLIP authors selected for ImageNet (open_clip's SIMPLE_IMAGENET_TEMPLATES); imagenet80
@@ -91,7 +92,8 @@ class ZeroShotTask:
         self.labels = list(labels)
         self.top_k = min(top_k, len(self.labels))
         self.multi_label = multi_label
-        self.preprocess = model.assets.transform
+        self.preprocess = ImagePreprocess(model.assets.transform)
+        self.collate_inputs = default_collate
         self.draft_size = resize_size(model.assets.transform)
         module = model.module
         self.logit_scale = float(module.logit_scale.detach().exp())
@@ -107,7 +109,7 @@ class ZeroShotTask:
     def _build_classifier(self, templates: Sequence[str]) -> torch.Tensor:
         from open_clip import build_zero_shot_classifier
 
-        with torch.inference_mode(), autocast_for(self.model.device, self.model.dtype):
+        with model_context(self.model):
             weights = build_zero_shot_classifier(self.model.module, self.model.assets.tokenizer, self.labels,
                                                  list(templates), num_classes_per_batch=16, device=self.model.device)
         return torch.nn.functional.normalize(weights.float(), dim=0)
