@@ -244,6 +244,53 @@ def test_reconstruction_matches_transformers_reference(tiny_transformers_mae_nor
     assert np.abs(pasted[keep] - resized[keep]).max() <= 1  # visible patches: the processor's own input, un-normalised
 
 
+def test_every_model_call_is_in_forward_under_the_runners_context(tiny_transformers_mae_normpix_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """The task contract: the MAE runs in forward (where the runner's out-of-memory back-off and fp32
+    rerun see it), in inference mode; postprocess and the output stage never call the model."""
+    from vitkit.inputs.discover import InputItem
+    from vitkit.models.loading import load_model
+    from vitkit.models.registry import INPAINT, resolve
+    from vitkit.runtime.runner import RunOptions, run
+    from vitkit.tasks.inpaint import InpaintOptions, InpaintTask
+
+    loaded = load_model(resolve(str(tiny_transformers_mae_normpix_dir), INPAINT), INPAINT, "cpu", "fp32")
+    task = InpaintTask(loaded, InpaintOptions(out_dir=str(tmp_path), box=(90, 40, 250, 300), grid=True))
+    inside_forward, calls = [], []
+    forward = task.forward
+
+    def spied_forward(inputs: dict) -> object:
+        inside_forward.append(True)
+        try:
+            return forward(inputs)
+        finally:
+            inside_forward.pop()
+
+    task.forward = spied_forward  # type: ignore[method-assign]
+    hook = loaded.module.register_forward_hook(
+        lambda module, args, output: calls.append((bool(inside_forward), torch.is_inference_mode_enabled())))
+    try:
+        records = [r.to_dict() for r in run(task, [InputItem(str(SAMPLE_DATA / n)) for n in GOOD_SAMPLES],
+                                            RunOptions(batch_size=4, workers=0))]
+    finally:
+        hook.remove()
+    assert all("output" in r for r in records)
+    assert len(calls) >= 2 and all(call == (True, True) for call in calls)  # several boxes' patch counts: groups
+
+
+def test_a_box_outside_an_image_is_that_inputs_error(tiny_transformers_mae_normpix_dir: Path, tmp_path: Path) -> None:
+    inside, outside = str(SAMPLE_DATA / "rocket.jpg"), str(SAMPLE_DATA / "chelsea.jpg")  # 640 x 427, 451 x 300
+    height, width = upright(outside).shape[:2]
+    code, records, stderr = inpaint(inside, outside, "-m", str(tiny_transformers_mae_normpix_dir),
+                                    "--box", "0,400,50,420.5", "--out-dir", str(tmp_path), "--workers", "0")
+    assert code == 1
+    message = f"--box 0,400,50,420.5 lies outside the image ({width}×{height})"
+    assert records[1] == {"path": outside, "error": message}
+    assert f"error: {outside}: {message}" in stderr
+    assert records[0]["masked_fraction"] > 0
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["rocket.jpg.inpaint.png"]
+
+
 # --- the command line ----------------------------------------------------------------------------------
 
 def test_cli_end_to_end_with_broken_files(tiny_transformers_mae_dir: Path, photos: Path, tmp_path: Path) -> None:
