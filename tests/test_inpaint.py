@@ -192,6 +192,19 @@ def test_seed_reproduces_and_batches_do_not_matter(tiny_transformers_mae_normpix
     assert len({frozenset(changed_patches(upright(p), r, NORMPIX_GRID)) for p, r in zip(paths, runs["seed1-b1"])}) > 1
 
 
+def test_masks_built_in_worker_processes_equal_in_process_ones(tiny_transformers_mae_normpix_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Each image's mask is made in preprocess, so in dataloader workers: from its path (the seed) and size."""
+    paths = [str(SAMPLE_DATA / name) for name in GOOD_SAMPLES]
+    outputs = {}
+    for workers in ("0", "2"):
+        code, records, _ = inpaint(*paths, "-m", str(tiny_transformers_mae_normpix_dir), "--seed", "5", "-b", "2",
+                                   "--workers", workers, "--out-dir", str(tmp_path / workers))
+        assert code == 0 and [r["path"] for r in records] == paths
+        outputs[workers] = [read(r["output"]) for r in records]
+    assert all(np.array_equal(a, b) for a, b in zip(outputs["0"], outputs["2"], strict=True))
+
+
 def test_boxes_with_different_patch_counts_batch_like_single_images(tiny_transformers_mae_normpix_dir: Path,
                                                                     tmp_path: Path) -> None:
     paths = [str(SAMPLE_DATA / name) for name in GOOD_SAMPLES]  # different sizes: different patch counts
