@@ -25,7 +25,7 @@ from PIL import Image, ImageChops, ImageDraw
 from timm.data import create_transform
 
 from vitkit.models.backends.timm_ import resize_size
-from vitkit.inputs.data import iterate_batches
+from vitkit.inputs.data import ImagePreprocess, iterate_batches
 from vitkit.inputs.decode import DecodeOptions, decode_image
 from vitkit.inputs.discover import InputItem
 
@@ -53,7 +53,7 @@ def make_jpeg(path: str, width: int, height: int, rng: np.random.Generator) -> N
 def run_pass(items, transform, options: DecodeOptions, batch_size: int, workers: int) -> float:
     """Seconds to push every image through the dataloader; any failed sample voids the measurement."""
     start = time.perf_counter()
-    for batch in iterate_batches(items, transform, batch_size, workers, options):
+    for batch in iterate_batches(items, ImagePreprocess(transform), batch_size, workers, options):
         failed = [s for s in batch.samples if not s.ok]
         if failed:
             raise SystemExit(f"decode failed: {failed[0].path}: {failed[0].error}")

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl
 from vitkit.cli import app
-from vitkit.tasks.inpaint import PatchGrid, box_patch_mask, denormalise_patches
+from vitkit.models.backends.mae import PatchGrid, denormalise_patches
+from vitkit.tasks.inpaint_masks import box_patch_mask
 
 runner = CliRunner()
 NORMPIX_GRID = 8  # tiny_transformers_mae_normpix_dir: 64 px input, 8 px patches
@@ -191,6 +192,19 @@ def test_seed_reproduces_and_batches_do_not_matter(tiny_transformers_mae_normpix
     assert len({frozenset(changed_patches(upright(p), r, NORMPIX_GRID)) for p, r in zip(paths, runs["seed1-b1"])}) > 1
 
 
+def test_masks_built_in_worker_processes_equal_in_process_ones(tiny_transformers_mae_normpix_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Each image's mask is made in preprocess, so in dataloader workers: from its path (the seed) and size."""
+    paths = [str(SAMPLE_DATA / name) for name in GOOD_SAMPLES]
+    outputs = {}
+    for workers in ("0", "2"):
+        code, records, _ = inpaint(*paths, "-m", str(tiny_transformers_mae_normpix_dir), "--seed", "5", "-b", "2",
+                                   "--workers", workers, "--out-dir", str(tmp_path / workers))
+        assert code == 0 and [r["path"] for r in records] == paths
+        outputs[workers] = [read(r["output"]) for r in records]
+    assert all(np.array_equal(a, b) for a, b in zip(outputs["0"], outputs["2"], strict=True))
+
+
 def test_boxes_with_different_patch_counts_batch_like_single_images(tiny_transformers_mae_normpix_dir: Path,
                                                                     tmp_path: Path) -> None:
     paths = [str(SAMPLE_DATA / name) for name in GOOD_SAMPLES]  # different sizes: different patch counts
@@ -235,12 +249,59 @@ def test_reconstruction_matches_transformers_reference(tiny_transformers_mae_nor
     loaded = load_model(resolve(str(tiny_transformers_mae_normpix_dir), INPAINT), INPAINT, "cpu", "fp32")
     task = InpaintTask(loaded, InpaintOptions(out_dir="unused"))
     with torch.inference_mode():
-        [result] = task.reconstruct(pixel_values, masked)
+        [result] = task.reconstructions(task.forward({"pixel_values": pixel_values, "noise": masked.float()}))
     assert np.abs(np.asarray(result.predicted).astype(int) - expected).max() <= 1
     resized = np.asarray(image.resize((64, 64), Image.Resampling.BILINEAR)).astype(int)
     pasted = np.asarray(result.pasted).astype(int)
     keep = np.repeat(np.repeat(visible.reshape(8, 8), 8, 0), 8, 1)
     assert np.abs(pasted[keep] - resized[keep]).max() <= 1  # visible patches: the processor's own input, un-normalised
+
+
+def test_every_model_call_is_in_forward_under_the_runners_context(tiny_transformers_mae_normpix_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """The task contract: the MAE runs in forward (where the runner's out-of-memory back-off and fp32
+    rerun see it), in inference mode; postprocess and the output stage never call the model."""
+    from vitkit.inputs.discover import InputItem
+    from vitkit.models.loading import load_model
+    from vitkit.models.registry import INPAINT, resolve
+    from vitkit.runtime.runner import RunOptions, run
+    from vitkit.tasks.inpaint import InpaintOptions, InpaintTask
+
+    loaded = load_model(resolve(str(tiny_transformers_mae_normpix_dir), INPAINT), INPAINT, "cpu", "fp32")
+    task = InpaintTask(loaded, InpaintOptions(out_dir=str(tmp_path), box=(90, 40, 250, 300), grid=True))
+    inside_forward, calls = [], []
+    forward = task.forward
+
+    def spied_forward(inputs: dict) -> object:
+        inside_forward.append(True)
+        try:
+            return forward(inputs)
+        finally:
+            inside_forward.pop()
+
+    task.forward = spied_forward  # type: ignore[method-assign]
+    hook = loaded.module.register_forward_hook(
+        lambda module, args, output: calls.append((bool(inside_forward), torch.is_inference_mode_enabled())))
+    try:
+        records = [r.to_dict() for r in run(task, [InputItem(str(SAMPLE_DATA / n)) for n in GOOD_SAMPLES],
+                                            RunOptions(batch_size=4, workers=0))]
+    finally:
+        hook.remove()
+    assert all("output" in r for r in records)
+    assert len(calls) >= 2 and all(call == (True, True) for call in calls)  # several boxes' patch counts: groups
+
+
+def test_a_box_outside_an_image_is_that_inputs_error(tiny_transformers_mae_normpix_dir: Path, tmp_path: Path) -> None:
+    inside, outside = str(SAMPLE_DATA / "rocket.jpg"), str(SAMPLE_DATA / "chelsea.jpg")  # 640 x 427, 451 x 300
+    height, width = upright(outside).shape[:2]
+    code, records, stderr = inpaint(inside, outside, "-m", str(tiny_transformers_mae_normpix_dir),
+                                    "--box", "0,400,50,420.5", "--out-dir", str(tmp_path), "--workers", "0")
+    assert code == 1
+    message = f"--box 0,400,50,420.5 lies outside the image ({width}×{height})"
+    assert records[1] == {"path": outside, "error": message}
+    assert f"error: {outside}: {message}" in stderr
+    assert records[0]["masked_fraction"] > 0
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["rocket.jpg.inpaint.png"]
 
 
 # --- the command line ----------------------------------------------------------------------------------

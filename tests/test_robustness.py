@@ -462,7 +462,7 @@ def test_any_exception_from_pillow_is_that_files_error(error: BaseException, rea
     path = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(path)
     monkeypatch.setattr("vitkit.inputs.decode.Image.open", lambda _: _Exploding(error))
-    sample = ImageDataset([InputItem(str(path))], lambda image: image, DecodeOptions())[0]
+    sample = ImageDataset([InputItem(str(path))], lambda image, meta: image, DecodeOptions())[0]
     assert (sample.path, sample.error, sample.inputs) == (str(path), reason, None)
 
 
@@ -473,7 +473,7 @@ def test_a_preprocess_failure_is_that_files_error(tmp_path: Path) -> None:
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
 
-    def preprocess(image: Image.Image) -> Any:
+    def preprocess(image: Image.Image, meta: Any) -> Any:
         raise ValueError("cannot resize to 0 pixels")
 
     sample = ImageDataset([InputItem(str(tmp_path / "x.png"))], preprocess, DecodeOptions())[0]

@@ -214,3 +214,65 @@ def test_batches_grow_back_after_a_stretch_without_out_of_memory(
     assert_same_records(records_of(task, items), clean)
     # The failed batch runs in halves, the next REGROW_AFTER_BATCHES at the reduced size, the rest at 4 again.
     assert sizes == [4, 2, 2] + [2, 2] * REGROW_AFTER_BATCHES + [4] * (11 - REGROW_AFTER_BATCHES)
+
+
+# --- inpaint: the model runs in forward, so both recoveries cover it too ------------------------------
+
+def inpaint_task(model_dir: Path, out_dir: Path, precision: str = "fp32") -> Any:
+    from vitkit.models.registry import INPAINT
+    from vitkit.tasks.inpaint import InpaintOptions, InpaintTask
+
+    loaded = load_model(resolve(str(model_dir), INPAINT), INPAINT, "cpu", precision)
+    return InpaintTask(loaded, InpaintOptions(out_dir=str(out_dir), grid=True))
+
+
+def written_files(records: list[dict]) -> dict[str, bytes]:
+    return {r[key]: Path(r[key]).read_bytes() for r in records for key in ("output", "grid") if key in r}
+
+
+def test_out_of_memory_on_inpaint_gives_the_clean_runs_records_and_files(
+        tiny_transformers_mae_normpix_dir: Path, inputs: list[InputItem], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    task = inpaint_task(tiny_transformers_mae_normpix_dir, tmp_path)
+    clean = records_of(task, inputs)
+    clean_files = written_files(clean)
+    assert len(clean_files) == 2 * 6  # six good photos, a composite and a grid each
+
+    def double(original: Callable, batch: dict[str, torch.Tensor]) -> Any:
+        if len(batch["pixel_values"]) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (test double)")
+        return original(batch)
+
+    sizes = wrap_forward(monkeypatch, task, double)
+    stderr = io.StringIO()
+    got = records_of(task, inputs, stderr)
+    assert got == clean
+    assert written_files(got) == clean_files
+    assert sizes == [3, 2, 1, 1, 1] + [1, 1, 1]  # batch 1 down to single images; batch 2 at the size that fitted
+    assert stderr.getvalue().count("out of GPU memory") == 1
+
+
+def test_non_finite_inpaint_batches_rerun_in_fp32(tiny_transformers_mae_normpix_dir: Path, inputs: list[InputItem],
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    fp32 = records_of(inpaint_task(tiny_transformers_mae_normpix_dir, tmp_path / "fp32"), inputs)
+    task = inpaint_task(tiny_transformers_mae_normpix_dir, tmp_path / "bf16", "bf16")
+
+    def nan_logits_under_autocast(original: Callable, batch: dict[str, torch.Tensor]) -> Any:
+        outputs = original(batch)
+        if not torch.is_autocast_enabled("cpu"):
+            return outputs
+        return dataclasses.replace(outputs, logits=torch.full_like(outputs.logits, float("nan")))
+
+    sizes = wrap_forward(monkeypatch, task, nan_logits_under_autocast)
+    stderr = io.StringIO()
+    got = records_of(task, inputs, stderr)
+    assert sizes == [3, 3, 3, 3]  # each batch: bf16, then its fp32 rerun
+    assert stderr.getvalue().count("non-finite") == 1
+    assert [r["path"] for r in got] == [r["path"] for r in fp32]
+    for a, b in zip(got, fp32, strict=True):
+        assert a.keys() == b.keys()
+        if "output" in b:  # the fp32 rerun made exactly the fp32 run's pixels
+            assert a["masked_fraction"] == b["masked_fraction"]
+            assert np.array_equal(np.asarray(Image.open(a["output"])), np.asarray(Image.open(b["output"])))

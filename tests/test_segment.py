@@ -264,6 +264,31 @@ def test_an_overlay_that_cannot_be_made_is_that_inputs_error(tiny_segformer_dir:
     assert all(Path(r["overlay"]).is_file() for r in (records[0], records[2]))
 
 
+def test_an_input_whose_second_file_fails_keeps_no_file(tiny_segformer_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are all or nothing per input: an overlay Pillow cannot encode (as a tRNS PNG once gave:
+    "transparency for RGB must be list or tuple") fails its input and leaves no orphan mask."""
+    paths = [SAMPLE_DATA / name for name in GOOD_SAMPLES[1:4]]  # three different sizes
+    failing_size = upright(paths[1]).size
+    overlay = masks.overlay_image
+
+    def overlay_with_bad_transparency(image: Image.Image, *args: object) -> Image.Image:
+        result = overlay(image, *args)
+        if image.size == failing_size:
+            result.info["transparency"] = 0  # an int is only valid for palette and grey images
+        return result
+
+    monkeypatch.setattr(masks, "overlay_image", overlay_with_bad_transparency)
+    out = tmp_path / "out"
+    code, records, _ = segment(*map(str, paths), "--model", str(tiny_segformer_dir), "--workers", "0",
+                               "--out-dir", str(out), "-b", "3")
+    assert code == 1
+    assert records[1] == {"path": str(paths[1]),
+                          "error": "cannot write its output: ValueError: transparency for RGB must be list or tuple"}
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert written == sorted(f"{p.name}.{kind}.png" for p in (paths[0], paths[2]) for kind in ("mask", "overlay"))
+
+
 def test_broken_files_keep_their_slots_and_outputs_never_collide(tiny_segformer_dir: Path, photos: Path,
                                                                 tmp_path: Path) -> None:
     (photos / "more").mkdir()

@@ -14,7 +14,31 @@ from vitkit.inputs.decode import DecodeOptions, decode_image
 from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError
 
-Preprocess = Callable[[Any], Any]  # PIL RGB image -> tensor (or dict of tensors); must be picklable
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What preprocess knows of an input besides its pixels, which may be a draft-reduced decode."""
+
+    path: str
+    width: int  # as displayed (EXIF orientation applied), at full resolution
+    height: int
+
+
+# (PIL RGB image, its ImageMeta) -> model inputs (a tensor, or a dict of tensors); must be picklable.
+Preprocess = Callable[[Any, ImageMeta], Any]
+Collate = Callable[[list[Any]], Any]  # preprocess results of a batch -> batched inputs; must be picklable
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """A Preprocess for a transform that needs only the pixels (timm, open_clip, a processor call).
+    Its `transform` field lets the uint8 split (vitkit/inputs/pixels.py) shorten the transform inside."""
+
+    transform: Callable[[Any], Any]
+
+    def __call__(self, image: Any, meta: ImageMeta) -> Any:
+        return self.transform(image)
 
 
 @dataclass(frozen=True)
@@ -60,7 +84,7 @@ class ImageDataset(Dataset):
             return Sample(index, item.path, error=item.problem, error_kind=item.problem_kind)
         try:
             decoded = decode_image(item.path, self.decode_options)
-            inputs = self.preprocess(decoded.image)
+            inputs = self.preprocess(decoded.image, ImageMeta(item.path, decoded.width, decoded.height))
         except InputError as exc:
             return Sample(index, item.path, error=exc.message, error_kind=exc.kind)
         except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, never the run's
@@ -74,7 +98,7 @@ class SampleCollator:
     """Collates the ok samples' inputs (with a task's own function, e.g. padding, or torch's default)
     and keeps every sample's slot. A class rather than a closure so it pickles into workers."""
 
-    def __init__(self, collate_inputs: Callable[[list[Any]], Any] | None = None) -> None:
+    def __init__(self, collate_inputs: Collate | None = None) -> None:
         self.collate_inputs = collate_inputs or default_collate
 
     def __call__(self, samples: list[Sample]) -> Batch:
@@ -102,7 +126,7 @@ def iterate_batches(
     workers: int | None = None,
     decode_options: DecodeOptions = DecodeOptions(),
     pin_memory: bool = False,
-    collate_inputs: Callable[[list[Any]], Any] | None = None,
+    collate_inputs: Collate | None = None,
 ) -> Iterator[Batch]:
     """Batches in input order. Worker count is capped by the number of batches: no idle processes."""
     dataset = ImageDataset(items, preprocess, decode_options)

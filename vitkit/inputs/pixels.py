@@ -15,7 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-Preprocess = Callable[[Any], Any]
+# A task's preprocess (image, meta) or a bare transform (image): split_normalize only looks at its structure.
+Preprocess = Callable[..., Any]
 
 
 @dataclass(frozen=True)

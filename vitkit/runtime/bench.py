@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops
 
+from vitkit.inputs.data import ImageMeta
 from vitkit.inputs.decode import DecodeOptions, decode_image
 from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError, UsageError
@@ -146,7 +147,7 @@ def synthetic_photo(size: tuple[int, int], rng: np.random.Generator) -> Image.Im
 def preprocess_one(task: Any, path: str, draft: bool) -> torch.Tensor:
     """One image as the model sees it, (3, H, W): the model-only timing feeds real input shapes."""
     decoded = decode_image(path, DecodeOptions(task.draft_size if draft else None))
-    return task.preprocess(decoded.image)
+    return task.preprocess(decoded.image, ImageMeta(path, decoded.width, decoded.height))
 
 
 def time_model_only(task: Any, sample: torch.Tensor, batch_size: int, images: int) -> float:

@@ -1,4 +1,5 @@
-"""The one runner: batching, device, inference mode, autocast, progress, failures and input order."""
+"""The one runner: batching, device, inference mode, autocast, OOM back-off, the fp32 rerun, progress,
+failures and input order, for every task. Task files are written by the output stage meanwhile."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from vitkit.inputs.data import Batch, Sample, default_workers, iterate_batches, move_to_device, slice_inputs
+from vitkit.inputs.data import Sample, default_workers, iterate_batches, move_to_device, slice_inputs
 from vitkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeOptions
 from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError
 from vitkit.inputs.pixels import DeviceNormalize, split_normalize
+from vitkit.models.acceleration import available_cores
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.artifacts import OutputStage
 from vitkit.outputs.records import Record
 from vitkit.runtime.report import Reporter
 from vitkit.tasks.base import Task
@@ -22,6 +26,9 @@ from vitkit.tasks.base import Task
 # Without --batch-size a GPU gets this many times a command's CPU batch: a GPU needs big batches to
 # stay busy, and the out-of-memory back-off below halves them where memory is short.
 GPU_BATCH_FACTOR = 4
+# Threads that render and write task files; encoders and decoders release the GIL, so they overlap
+# with the model and with each other.
+MAX_OUTPUT_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -45,29 +52,34 @@ def run(task: Task, items: Sequence[InputItem], options: RunOptions = RunOptions
     decode_options = DecodeOptions(task.draft_size if options.draft else None, options.max_pixels)
     preprocess, normalize = split_normalize(task.preprocess)
     workers = default_workers(task.model.device.type == "cpu") if options.workers is None else options.workers
-    batches = iterate_batches(items, preprocess, options.batch_size_for(task.model.device), workers, decode_options,
-                              pin_memory=task.model.device.type == "cuda",
-                              collate_inputs=getattr(task, "collate_inputs", None))
+    batch_size = options.batch_size_for(task.model.device)
+    batches = iterate_batches(items, preprocess, batch_size, workers, decode_options,
+                              pin_memory=task.model.device.type == "cuda", collate_inputs=task.collate_inputs)
     inference = BatchInference(task, reporter, normalize)
+    # Files of up to two batches wait to be written while the model runs on.
+    stage: OutputStage[Sample] = OutputStage(min(MAX_OUTPUT_THREADS, available_cores()), 2 * batch_size)
     reporter.start(len(items))
     try:
         for batch in batches:
-            yield from _records_for_batch(inference, batch, reporter)
-            reporter.advance(len(batch.samples))
+            ok_samples = batch.ok_samples
+            results = iter(inference(batch.inputs, ok_samples) if ok_samples else [])
+            for sample in batch.samples:
+                stage.submit(sample, next(results) if sample.ok else None)
+            yield from _records(stage.ready(), reporter)
+        yield from _records(stage.drain(), reporter)
     finally:
+        stage.close()
         reporter.stop()
         batches.close()
 
 
-def _records_for_batch(inference: "BatchInference", batch: Batch, reporter: Reporter) -> Iterator[Record]:
-    ok_samples = batch.ok_samples
-    results = iter(inference(batch.inputs, ok_samples) if ok_samples else [])
-    for sample in batch.samples:
+def _records(results: Iterator[tuple[Sample, Any]], reporter: Reporter) -> Iterator[Record]:
+    for sample, fields in results:
+        reporter.advance(1)
         if not sample.ok:
             reporter.input_failed(sample.path, sample.error or "failed", sample.error_kind)
             yield Record(sample.path, error=sample.error, error_kind=sample.error_kind)
             continue
-        fields = next(results)
         if fields is None:
             fields = InputError(OUT_OF_MEMORY, kind="out of memory")
         if isinstance(fields, InputError):  # e.g. its own output file could not be made
@@ -84,8 +96,8 @@ REGROW_AFTER_BATCHES = 8
 
 
 class BatchInference:
-    """Collated inputs of ok samples -> their record fields (None: the sample alone does not fit on the
-    device; an InputError: the task failed that one input).
+    """Collated inputs of ok samples -> what postprocess made of each (record fields, Artifacts, an
+    InputError: the task failed that one input), or None: the sample alone does not fit on the device.
 
     Two recoveries a long GPU run needs: a batch whose reduced-precision outputs are not finite runs
     again in fp32; a batch that runs out of device memory is split in halves, down to single
@@ -100,9 +112,9 @@ class BatchInference:
         self.batches_since_out_of_memory = 0
         self.warned_non_finite = False
 
-    def __call__(self, inputs: Any, samples: list[Sample]) -> list[dict | InputError | None]:
+    def __call__(self, inputs: Any, samples: list[Sample]) -> list[Any]:
         size = self.max_batch or len(samples)
-        results: list[dict | InputError | None] = []
+        results: list[Any] = []
         for start in range(0, len(samples), size):
             stop = start + size
             results += self._fitting(slice_inputs(inputs, start, stop) if size < len(samples) else inputs,
@@ -120,7 +132,7 @@ class BatchInference:
             self.max_batch *= 2
             self.batches_since_out_of_memory = 0
 
-    def _fitting(self, inputs: Any, samples: list[Sample]) -> list[dict | InputError | None]:
+    def _fitting(self, inputs: Any, samples: list[Sample]) -> list[Any]:
         try:
             return self.infer(inputs, samples)
         except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
@@ -138,7 +150,7 @@ class BatchInference:
         return (self._fitting(slice_inputs(inputs, 0, half), samples[:half])
                 + self._fitting(slice_inputs(inputs, half, len(samples)), samples[half:]))
 
-    def infer(self, inputs: Any, samples: list[Sample]) -> list[dict | InputError]:
+    def infer(self, inputs: Any, samples: list[Sample]) -> list[Any]:
         model = self.task.model
         device_inputs = move_to_device(inputs, model.device)
         outputs = forward_batch(self.task, device_inputs, model.dtype, self.normalize)
@@ -163,6 +175,15 @@ def forward_batch(task: Task, inputs: Any, dtype: torch.dtype, normalize: Device
             inputs = normalize(inputs)
         with autocast_for(task.model.device, dtype):
             return task.forward(inputs)
+
+
+@contextlib.contextmanager
+def model_context(model: LoadedModel, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Inference mode and autocast (to the model's dtype unless `dtype` says otherwise) for the model
+    calls a task makes outside `forward`, once per run or per query: label or prompt embeddings,
+    text queries. The same context forward_batch gives every batch."""
+    with torch.inference_mode(), autocast_for(model.device, model.dtype if dtype is None else dtype):
+        yield
 
 
 def has_non_finite(outputs: Any) -> bool:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import default_collate
 
 from vitkit.models.backends.open_clip_ import OpenClipAssets
-from vitkit.inputs.data import Sample
+from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.models.backends.coca_decoding import beam_search_decode, greedy_decode
 from vitkit.inputs.discover import InputItem
 from vitkit.errors import OutputError, UsageError
@@ -76,7 +77,8 @@ class CaptionTask:
         self.max_length = self._check_max_length(max_length)
         self.num_beams = num_beams
         self.length_penalty = length_penalty
-        self.preprocess = model.assets.transform
+        self.preprocess = ImagePreprocess(model.assets.transform)
+        self.collate_inputs = default_collate
         self.draft_size = model.draft_size
 
     def _encode_prefix(self, prefix: str) -> list[int]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import default_collate
 
 from vitkit.errors import ModelTaskMismatchError, UsageError
-from vitkit.inputs.data import Sample
+from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.models.backends import get_backend
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout, explode_rows
@@ -42,9 +43,9 @@ class ClassifyTask:
         self.classifier = make_classifier(model.module, model.assets)
         self.labels = self.classifier.labels
         self.top_k = min(top_k, len(self.labels))
-        self.preprocess = self.classifier.preprocess  # the checkpoint's own (timm's aspect-capped: backends/aspect.py)
-        if self.classifier.collate_inputs is not None:
-            self.collate_inputs = self.classifier.collate_inputs
+        # the checkpoint's own preprocessing (timm's aspect-capped: backends/aspect.py; a transformers processor)
+        self.preprocess = ImagePreprocess(self.classifier.preprocess)
+        self.collate_inputs = self.classifier.collate_inputs or default_collate
         self.draft_size = model.draft_size
 
     def forward(self, inputs: Any) -> torch.Tensor:

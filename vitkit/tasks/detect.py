@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from vitkit.models.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
-from vitkit.inputs.data import Sample
+from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.inputs.decode import DEFAULT_MAX_PIXELS
-from vitkit.errors import InputError, UsageError
+from vitkit.errors import UsageError
 from vitkit.models.loading import LoadedModel
+from vitkit.outputs.artifacts import Artifacts, ImageFile
 from vitkit.outputs.files import OutputPlanner
 from vitkit.outputs.records import RecordLayout, explode_rows
-from vitkit.tasks.base import file_outputs
+from vitkit.tasks.base import TaskResult
 
 # libjpeg's largest side; an annotated image longer than this is written as PNG.
 JPEG_MAX_SIDE = 65_500
@@ -55,7 +58,7 @@ class DetectTask:
         if unknown:
             raise UsageError(f"--classes names labels the model does not have: {', '.join(unknown)}",
                              hint="see the model's labels with `vitkit models show`")
-        self.preprocess = ProcessorPreprocess(self.processor)
+        self.preprocess = ImagePreprocess(ProcessorPreprocess(self.processor))
         self.collate_inputs = PadWithProcessor(self.processor)
         self.draft_size = processor_short_side(self.processor)
         self.planner = OutputPlanner(options.out_dir, inputs) if options.out_dir else None
@@ -63,21 +66,19 @@ class DetectTask:
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         return self.model.module(**inputs)
 
-    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[dict[str, Any] | InputError]:
+    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[TaskResult]:
         outputs.logits, outputs.pred_boxes = outputs.logits.float().cpu(), outputs.pred_boxes.float().cpu()
         results = self.processor.post_process_object_detection(
             outputs, threshold=self.options.threshold, target_sizes=[(s.height, s.width) for s in samples])
-        records: list[dict[str, Any] | InputError] = []
+        records: list[TaskResult] = []
         for sample, result in zip(samples, results):
-            detections = self._detections(result, sample.width or 0, sample.height or 0)
-            records.append(file_outputs(self._fields, sample, detections))
+            fields = {"detections": self._detections(result, sample.width or 0, sample.height or 0)}
+            if self.planner:
+                records.append(Artifacts(fields, functools.partial(
+                    annotated_image, self.planner, sample.path, fields["detections"], self.options.max_pixels)))
+            else:
+                records.append(fields)
         return records
-
-    def _fields(self, sample: Sample, detections: list[dict[str, Any]]) -> dict[str, Any]:
-        fields: dict[str, Any] = {"detections": detections}
-        if self.planner:
-            fields["output"] = write_annotated(self.planner, sample, detections, self.options.max_pixels)
-        return fields
 
     def _detections(self, result: dict[str, torch.Tensor], width: int, height: int) -> list[dict[str, Any]]:
         found = []
@@ -93,19 +94,16 @@ class DetectTask:
         return found[: self.options.max_detections] if self.options.max_detections else found
 
 
-def write_annotated(planner: OutputPlanner, sample: Sample, detections: list[dict[str, Any]],
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
-    """Boxes drawn on the full-resolution, EXIF-oriented image; written even when nothing was found.
-    JPEG, or PNG for an image too long for JPEG (the path returned says which)."""
+def annotated_image(planner: OutputPlanner, path: str, detections: list[dict[str, Any]],
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> list[ImageFile]:
+    """Boxes drawn on the full-resolution, EXIF-oriented image; made even when nothing was found.
+    JPEG, or PNG for an image too long for JPEG (the path says which). Runs in the output stage."""
     from vitkit.inputs.decode import DecodeOptions, decode_image
     from vitkit.outputs.boxes import draw_detections
-    from vitkit.outputs.files import save_image
 
-    image = draw_detections(decode_image(sample.path, DecodeOptions(max_pixels=max_pixels)).image, detections)
+    image = draw_detections(decode_image(path, DecodeOptions(max_pixels=max_pixels)).image, detections)
     if max(image.size) > JPEG_MAX_SIDE:
-        target = planner.path_for(sample.path, "detect", "png")
-        save_image(image, target, format="PNG", compress_level=1)
-    else:
-        target = planner.path_for(sample.path, "detect", "jpg")
-        save_image(image, target, format="JPEG", quality=90)
-    return str(target)
+        target: Path = planner.path_for(path, "detect", "png")
+        return [ImageFile("output", target, image, {"format": "PNG", "compress_level": 1})]
+    target = planner.path_for(path, "detect", "jpg")
+    return [ImageFile("output", target, image, {"format": "JPEG", "quality": 90})]

@@ -6,13 +6,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from vitkit.models.backends.open_clip_ import OpenClipAssets, encode_images, encode_texts
-from vitkit.inputs.data import Sample
+from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.errors import UsageError
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout
-from vitkit.runtime.runner import autocast_for
+from vitkit.runtime.runner import model_context
 
 EMBED_LAYOUT = RecordLayout(
     csv_columns=("path", "width", "height", "error"),
@@ -28,7 +29,8 @@ class EmbedTask:
         if not isinstance(model.assets, OpenClipAssets):
             raise UsageError(f"model {model.spec.id!r} is not an open_clip model")
         self.model = model
-        self.preprocess = model.assets.transform
+        self.preprocess = ImagePreprocess(model.assets.transform)
+        self.collate_inputs = default_collate
         self.draft_size = model.draft_size
 
     @property
@@ -43,6 +45,6 @@ class EmbedTask:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """list of N strings -> (N, D) float32 unit vectors."""
-        with torch.inference_mode(), autocast_for(self.model.device, self.model.dtype):
+        with model_context(self.model):
             vectors = encode_texts(self.model.module, self.model.assets.tokenizer, texts, self.model.device)
         return vectors.float().cpu().numpy()

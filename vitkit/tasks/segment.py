@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -12,13 +13,15 @@ import torch
 
 from vitkit.outputs import masks
 from vitkit.models.backends.hf import HfAssets, PadWithProcessor, ProcessorPreprocess, processor_short_side
-from vitkit.inputs.data import Sample
+from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeOptions, decode_image
-from vitkit.errors import InputError, UsageError
+from vitkit.errors import UsageError
 from vitkit.models.loading import LoadedModel
-from vitkit.outputs.files import OutputPlanner, save_image
+from vitkit.outputs.artifacts import Artifacts, ImageFile
+from vitkit.outputs.files import OutputPlanner
 from vitkit.outputs.records import RecordLayout, explode_rows
-from vitkit.tasks.base import file_outputs
+from vitkit.runtime.runner import model_context
+from vitkit.tasks.base import TaskResult
 
 SEMANTIC, PANOPTIC, TEXT = "semantic", "panoptic", "text"
 MODES = (SEMANTIC, PANOPTIC, TEXT)
@@ -110,7 +113,7 @@ class SegmentTask:
         self.id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
         self.num_labels = int(getattr(config, "num_labels", len(self.id2label)) or len(self.id2label))
         self.class_labels = {c: (self._label(c), None) for c in range(self.num_labels)}  # semantic: id = class id
-        self.preprocess = ProcessorPreprocess(self.image_processor)
+        self.preprocess = ImagePreprocess(ProcessorPreprocess(self.image_processor))
         self.collate_inputs = PadWithProcessor(self.image_processor)
         self.draft_size = processor_short_side(self.image_processor)
         self.planner = OutputPlanner(options.out_dir, inputs) if options.out_dir else None
@@ -127,7 +130,7 @@ class SegmentTask:
                                    conditional_embeddings=prompts.repeat(batch, 1)).logits
         return Forwarded(logits.reshape(batch, count, *logits.shape[-2:]), None)  # (B, P, s, s)
 
-    def postprocess(self, forwarded: Forwarded, samples: Sequence[Sample]) -> list[dict[str, Any] | InputError]:
+    def postprocess(self, forwarded: Forwarded, samples: Sequence[Sample]) -> list[TaskResult]:
         records = []
         for index, sample in enumerate(samples):
             size = (sample.height or 0, sample.width or 0)  # the original, upright image: masks come out this size
@@ -171,7 +174,7 @@ class SegmentTask:
                   for i, prompt in enumerate(self.options.prompts, 1)}
         return Segmentation(label_map, labels, 0, count)
 
-    def _fields(self, segmentation: Segmentation, sample: Sample) -> dict[str, Any] | InputError:
+    def _fields(self, segmentation: Segmentation, sample: Sample) -> TaskResult:
         label_map, max_id = segmentation.label_map, segmentation.max_id
         fill = segmentation.background
         if fill is None:  # semantic classes: dropped pixels get a void id no class uses
@@ -185,23 +188,22 @@ class SegmentTask:
             label, score = segmentation.labels.get(value) or (self._label(value), None)
             segments.append({"id": value, "label": label, "score": score, "area": s.area, "box": list(s.box)})
         fields: dict[str, Any] = {"segments": segments, "mask": None, "overlay": None}
-        if self.planner:
-            written = file_outputs(self._write, self.planner, sample, label_map, max_id, fill)
-            if isinstance(written, InputError):
-                return written
-            fields["mask"], fields["overlay"] = written
-        return fields
+        if self.planner is None:
+            return fields
+        return Artifacts(fields, functools.partial(self._files, self.planner, sample.path, label_map, max_id, fill))
 
-    def _write(self, planner: OutputPlanner, sample: Sample, label_map: np.ndarray, max_id: int,
-               uncoloured: int) -> tuple[str, str]:
-        mask_path = planner.path_for(sample.path, "mask", "png")
-        overlay_path = planner.path_for(sample.path, "overlay", "png")
-        save_image(masks.label_image(label_map, max_id), mask_path, format="PNG")
-        original = decode_image(sample.path, DecodeOptions(max_pixels=self.options.max_pixels)).image  # full size, upright
+    def _files(self, planner: OutputPlanner, path: str, label_map: np.ndarray, max_id: int,
+               uncoloured: int) -> list[ImageFile]:
+        """The label mask and the overlay on the original (decoded again at full size, upright). Runs in
+        the output stage; both files are written or neither."""
+        mask = ImageFile("mask", planner.path_for(path, "mask", "png"), masks.label_image(label_map, max_id),
+                         {"format": "PNG"})
+        original = decode_image(path, DecodeOptions(max_pixels=self.options.max_pixels)).image
         # Overlays are for looking at: fast compression (about 4x quicker than Pillow's default, 10% larger).
-        save_image(masks.overlay_image(original, label_map, self.options.alpha, (uncoloured,)), overlay_path,
-                   format="PNG", compress_level=1)
-        return str(mask_path), str(overlay_path)
+        overlay = ImageFile("overlay", planner.path_for(path, "overlay", "png"),
+                            masks.overlay_image(original, label_map, self.options.alpha, (uncoloured,)),
+                            {"format": "PNG", "compress_level": 1})
+        return [mask, overlay]
 
     def _label(self, class_id: int) -> str:
         return self.id2label.get(class_id, f"class_{class_id}")
@@ -227,9 +229,9 @@ def _check_mode(model: LoadedModel, processor: Any, mode: str) -> None:
 
 
 def _prompt_embeddings(model: LoadedModel, processor: Any, prompts: Sequence[str]) -> torch.Tensor:
-    """The prompts' conditional embeddings, computed once: (P, D). Every image of the run reuses them."""
+    """The prompts' conditional embeddings, computed once, in fp32: (P, D). Every image of the run reuses them."""
     text = processor.tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
-    with torch.inference_mode():
+    with model_context(model, torch.float32):
         return model.module.get_conditional_embeddings(
             batch_size=len(prompts), input_ids=text["input_ids"].to(model.device),
             attention_mask=text["attention_mask"].to(model.device))

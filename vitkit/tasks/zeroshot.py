@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import default_collate
 
 from vitkit.models.backends.open_clip_ import (OpenClipAssets, build_text_classifier, encode_images, imagenet_templates,
                                               logit_scale_and_bias)
-from vitkit.inputs.data import Sample
+from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.errors import UsageError
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout, explode_rows
-from vitkit.runtime.runner import autocast_for
+from vitkit.runtime.runner import model_context
 
 # Built-in ensembles, as format strings so they can be shown and saved. imagenet7 is the 7-prompt
 # subset the CLIP authors selected for ImageNet (open_clip's SIMPLE_IMAGENET_TEMPLATES); imagenet80
@@ -87,7 +88,8 @@ class ZeroShotTask:
         self.labels = list(labels)
         self.top_k = min(top_k, len(self.labels))
         self.multi_label = multi_label
-        self.preprocess = model.assets.transform
+        self.preprocess = ImagePreprocess(model.assets.transform)
+        self.collate_inputs = default_collate
         self.draft_size = model.draft_size
         self.logit_scale, self.logit_bias = logit_scale_and_bias(model.module)
         # SigLIP-type models are trained with a sigmoid over (scale * cos + bias), so their independent
@@ -98,7 +100,7 @@ class ZeroShotTask:
         self.classifier = self._build_classifier(templates)  # (D, C)
 
     def _build_classifier(self, templates: Sequence[str]) -> torch.Tensor:
-        with torch.inference_mode(), autocast_for(self.model.device, self.model.dtype):
+        with model_context(self.model):
             return build_text_classifier(self.model.module, self.model.assets.tokenizer, self.labels, templates,
                                          self.model.device)
 
