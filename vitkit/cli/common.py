@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 import typer
 
-from vitkit.inputs.discover import InputItem, discover_inputs
+from vitkit.inputs.discover import DiscoveredInputs, InputItem, discover_inputs
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
 from vitkit.runtime.report import Reporter
 from vitkit.outputs.writers import open_writer, resolve_format
@@ -50,8 +50,9 @@ def collect_inputs(paths: list[str] | None, files_from: str | None, null_separat
         items = context.broadcast(None)
         if items is None:
             raise UsageError("rank 0 could not gather the inputs", hint="its error is on stderr")
+    skipped = getattr(items, "skipped_by_extension", 0)
     items = apply_shard(items, shard)
-    return context.shard(items) if context is not None else items
+    return DiscoveredInputs.of(context.shard(items) if context is not None else items, skipped)
 
 
 def discover_all(paths: list[str] | None, files_from: str | None, null_separated: bool) -> list[InputItem]:
@@ -93,6 +94,7 @@ def run_and_write(task: "Task", items: list[InputItem], run_options: "RunOptions
         reporter = Reporter(quiet=out.quiet, progress=None if context.is_main else False,
                             prefix=context.prefix)
         failed = _run_on_rank(context, task, items, run_options, out, reporter, local_sinks, main_sinks)
+    reporter.skipped_by_extension = getattr(items, "skipped_by_extension", 0)
     # Other ranks exit 0: their failures are on their stderr and in rank 0's summary and exit code.
     exit_code = EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK
     if context is None or context.is_main:
