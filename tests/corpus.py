@@ -376,16 +376,16 @@ def ico_with_huge_png(folder: Path) -> Path:
 
 
 def mixed_formats(folder: Path) -> list[Path]:
-    """A folder a shard boundary can split between a TGA and an ICO that TGA's check claims."""
+    """Four formats in name order, the ICO that TGA's check claims third: unsharded, the TGA is decoded
+    before it; in `--shard 1/2` it is not."""
     folder.mkdir(parents=True, exist_ok=True)
     first = tga(folder, "a.tga")
-    ico, _ = ico_that_tga_claims(folder)
-    (folder / "b.ico").write_bytes(ico.read_bytes())
-    ico.unlink()
-    (folder / "claimed-by-tga.ico.reference.png").unlink()
-    pattern(20, 20, seed=17).save(folder / "c.png")
-    pattern(20, 20, seed=18).save(folder / "d.gif")
-    return [first, folder / "b.ico", folder / "c.png", folder / "d.gif"]
+    pattern(20, 20, seed=17).save(folder / "b.png")
+    ico, reference = ico_that_tga_claims(folder)
+    ico.rename(folder / "c.ico")
+    reference.unlink()
+    pattern(20, 20, seed=18, colours=8).save(folder / "d.gif")
+    return [first, folder / "b.png", folder / "c.ico", folder / "d.gif"]
 
 
 def colour_key_png(folder: Path, mode: str) -> tuple[Path, np.ndarray]:

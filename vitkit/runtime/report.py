@@ -61,7 +61,7 @@ class Reporter:
         skipped = (f"{n_skipped} file{'s' if n_skipped != 1 else ''} skipped by extension (name one to try it)"
                    if n_skipped else "")
         if not failed:
-            return f"{self.total} inputs processed; {skipped}" if skipped else None
+            return f"{self.total} input{'s' if self.total != 1 else ''} processed; {skipped}" if skipped else None
         reasons = ", ".join(f"{count} {kind}" for kind, count in self.failures.most_common())
         line = f"{failed} of {self.total} inputs failed ({reasons}); the others were processed"
         return f"{line}; {skipped}" if skipped else line
