@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from types import TracebackType
 from typing import IO, Iterator
@@ -16,6 +17,8 @@ from PIL import Image
 
 MAX_STDERR_BYTES = 64 * 1024  # read back per file; libtiff repeats itself
 MAX_STDERR_LINES = 3  # distinct lines kept per file; the rest are counted
+# fd 2 is the process's: two threads redirecting it at once could leave it pointing at a sink for good.
+_REDIRECT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -70,25 +73,31 @@ def c_stderr_captured() -> Iterator[list[str]]:
     code printed there (distinct lines, at most MAX_STDERR_LINES and a count of the rest). Lines with
     terminal control characters (a progress bar redrawing from its thread) go on to the real stderr."""
     lines: list[str] = []
-    try:
-        sink = _Sink.get()
-        saved = os.dup(2)
-    except OSError:  # no stderr at all, or no temp dir: nothing to capture, decode anyway
+    if not _REDIRECT_LOCK.acquire(blocking=False):  # another thread is capturing: decode uncaptured
         yield lines
         return
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    os.dup2(sink.fileno(), 2)
     try:
-        yield lines
+        try:
+            sink = _Sink.get()
+            saved = os.dup(2)
+        except OSError:  # no stderr at all, or no temp dir: nothing to capture, decode anyway
+            yield lines
+            return
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(MAX_STDERR_BYTES).decode("utf-8", errors="replace")
+            sink.seek(0)
+            sink.truncate()
+            lines.extend(_captured_lines(text))
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        sink.seek(0)
-        text = sink.read(MAX_STDERR_BYTES).decode("utf-8", errors="replace")
-        sink.seek(0)
-        sink.truncate()
-        lines.extend(_captured_lines(text))
+        _REDIRECT_LOCK.release()
 
 
 def _captured_lines(text: str) -> list[str]:
