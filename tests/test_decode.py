@@ -260,6 +260,8 @@ def test_a_lower_limit_applies_to_embedded_images_too(tmp_path: Path) -> None:
     assert info.value.message == ("an embedded image or frame of 120x100 pixels is over the 10,000-pixel limit "
                                   "(decompression-bomb guard); raise it with --max-pixels")
     assert info.value.kind == "too large"
+    decoded = decode_image(str(tmp_path / "small-header.ico"))  # under the limit: the pixels' size, not the header's
+    assert (decoded.width, decoded.height) == decoded.image.size == (120, 100)
 
 
 @pytest.mark.parametrize("broken", [b for b in corpus.BROKEN_FILES if b.name.endswith(".png")], ids=lambda b: b.name)

@@ -94,6 +94,7 @@ def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedIma
             f"raise it with {MAX_PIXELS_FLAG}",
             kind="too large",
         )
+    drafted = False
     if options.draft_size and image.format == "JPEG":
         # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free. Pillow picks the smallest scale that
         # still covers the requested size; asking for twice what the model needs (the reducing gap
@@ -102,7 +103,8 @@ def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedIma
         # called only when a real reduction (1/2 or less) follows.
         scale = DRAFT_REDUCING_GAP * options.draft_size / min(width, height)
         wanted = (math.ceil(width * scale), math.ceil(height * scale))
-        if min(width // wanted[0], height // wanted[1]) >= 2:
+        drafted = min(width // wanted[0], height // wanted[1]) >= 2
+        if drafted:
             image.draft(image.mode, wanted)
     # Pixels before metadata: reading a PNG's EXIF decodes it, and an error there must be the file's
     # error, not a "malformed EXIF" note followed by a second load that keeps the rows decoded so far.
@@ -110,6 +112,8 @@ def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedIma
         image.load()
     except OSError as exc:
         raise unsupported_after_load(image, exc) or exc
+    if not drafted:  # an ICO's embedded image may differ from its directory's size: the pixels decide
+        width, height = image.size
     notes: list[str] = []
     orientation = _read_orientation(image, notes)
     rgb = to_rgb(image)
