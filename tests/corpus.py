@@ -78,6 +78,46 @@ def _broken_chunk_png() -> bytes:
     return grey_png(16, 16, [(b"IDAT", rows[:10]), (b"ID\xffT", rows[10:])])
 
 
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of every chunk of a PNG, for rebuilding it with png_file() after a change."""
+    chunks, position = [], len(PNG_SIGNATURE)
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position:position + 4])
+        chunks.append((data[position + 4:position + 8], data[position + 8:position + 8 + length]))
+        position += 12 + length
+    return chunks
+
+
+def png_file(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    return PNG_SIGNATURE + b"".join(png_chunk(kind, data) for kind, data in chunks)
+
+
+def _overwritten_idat_png() -> bytes:
+    # Zeros over the middle of the compressed pixels, CRCs recomputed: every chunk is well formed, the
+    # deflate stream is not. Pillow's load() raises, and a second load() would keep the rows before it.
+    chunks = png_chunks(encoded(pattern(64, 64, seed=12), "PNG"))
+    kind, data = next(chunk for chunk in chunks if chunk[0] == b"IDAT")
+    broken = data[:len(data) // 2] + bytes(64) + data[len(data) // 2 + 64:]
+    return png_file([(kind, broken) if kind == b"IDAT" else (kind, d) for kind, d in chunks])
+
+
+def _apng_sequence_error() -> bytes:
+    # An APNG declaring 0 frames whose default image is no frame: Pillow warns "Invalid APNG" on open
+    # and its load() raises a frame sequence error.
+    frames = [pattern(16, 16, seed=13 + i, colours=8) for i in range(3)]
+    chunks = png_chunks(encoded(frames[0], "PNG", save_all=True, append_images=frames[1:]))
+    first_fctl = [kind for kind, _ in chunks].index(b"fcTL")
+    chunks = chunks[:first_fctl] + chunks[first_fctl + 1:]
+    return png_file([(kind, struct.pack(">II", 0, 0) if kind == b"acTL" else data) for kind, data in chunks])
+
+
+def _truncated_end_chunk_png() -> bytes:
+    # All pixel data present; the file ends inside a text chunk after it (no IEND).
+    chunks = png_chunks(encoded(pattern(16, 16, seed=14), "PNG"))
+    text = png_chunk(b"tEXt", b"Comment\0" + b"x" * 100)
+    return png_file(chunks[:-1])[:] + text[:40]
+
+
 def _dds_short_data() -> bytes:
     data = encoded(Image.new("RGB", (8, 8)), "DDS")
     return data[: len(data) // 2]
@@ -97,6 +137,11 @@ BROKEN_FILES: tuple[BrokenFile, ...] = (
     BrokenFile("bad-maxval.ppm", lambda: b"P5\n2 2\n65536\n" + bytes(8),
                "corrupt image data (ValueError: maxval must be greater than 0 and less than 65536)", "ValueError"),
     BrokenFile("short.dds", _dds_short_data, "corrupt image data (ValueError: not enough image data)", "ValueError"),
+    BrokenFile("overwritten-idat.png", _overwritten_idat_png,
+               "corrupt image data (OSError: broken data stream when reading image file)", "OSError"),
+    BrokenFile("apng-sequence.png", _apng_sequence_error,
+               "corrupt image data (SyntaxError: APNG contains frame sequence errors)", "SyntaxError"),
+    BrokenFile("truncated-end-chunk.png", _truncated_end_chunk_png, TRUNCATED, "OSError"),
 )
 
 
@@ -278,3 +323,128 @@ def write_hostile_names(folder: Path, source: Path) -> list[str]:
     with open(os.path.join(os.fsencode(folder), NON_UTF8_NAME), "wb") as handle:
         handle.write(data)
     return sorted(os.listdir(folder))
+
+
+# --- format identification, containers, codecs ------------------------------------------------------
+
+
+def ico_with_png(png: bytes, width: int = 0, height: int = 0) -> bytes:
+    """An ICO holding one PNG; its directory claims width x height (0 means 256), whatever the PNG says."""
+    entry = struct.pack("<BBBBHHII", width % 256, height % 256, 0, 0, 1, 32, len(png), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + png
+
+
+def ico_that_tga_claims(folder: Path) -> tuple[Path, Path]:
+    """A valid ICO whose first bytes also pass TGA's header check (TGA has no signature): the embedded PNG's
+    length puts 1 in the byte TGA reads as its bit depth. Once TGA's plugin is registered ahead of ICO's
+    (any .tga opened or saved first), Pillow opens this as a TGA and fails to load it."""
+    from PIL import TgaImagePlugin
+
+    image = pattern(150, 150, seed=15)
+    png = encoded(image, "PNG")
+    assert 1 << 16 <= len(png) < 2 << 16, len(png)  # the length's third byte is TGA's depth: 1
+    data = ico_with_png(png, 150, 150)
+    TgaImagePlugin.TgaImageFile(io.BytesIO(data))  # raises if TGA's check would refuse it
+    path, reference = folder / "claimed-by-tga.ico", folder / "claimed-by-tga.ico.reference.png"
+    path.write_bytes(data)
+    image.save(reference)
+    return path, reference
+
+
+def tga(folder: Path, name: str = "plain.tga") -> Path:
+    path = folder / name
+    pattern(24, 16, seed=16).save(path)
+    return path
+
+
+BOMB_ICO_SIDE = 15_000  # 225 MP: between the 179 MP limit and twice it, where Pillow alone only warns
+
+
+def ico_with_huge_png(folder: Path) -> Path:
+    """A 16x16 ICO whose embedded PNG is 15000 x 15000 1-bit pixels: about 30 KB on disk, 225 MB once
+    decoded by Pillow and 900 MB as RGB. The ICO's header says 16x16, so only the embedded image's own
+    header shows the size."""
+    side = BOMB_ICO_SIDE
+    compressor = zlib.compressobj(9)
+    row = b"\0" + b"\xaa" * (side // 8)  # filter byte, then 1-bit pixels
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    png = PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
+    path = folder / "huge-inside.ico"
+    path.write_bytes(ico_with_png(png, 16, 16))
+    return path
+
+
+def mixed_formats(folder: Path) -> list[Path]:
+    """Four formats in name order, the ICO that TGA's check claims third: unsharded, the TGA is decoded
+    before it; in `--shard 1/2` it is not."""
+    folder.mkdir(parents=True, exist_ok=True)
+    first = tga(folder, "a.tga")
+    pattern(20, 20, seed=17).save(folder / "b.png")
+    ico, reference = ico_that_tga_claims(folder)
+    ico.rename(folder / "c.ico")
+    reference.unlink()
+    pattern(20, 20, seed=18, colours=8).save(folder / "d.gif")
+    return [first, folder / "b.png", folder / "c.ico", folder / "d.gif"]
+
+
+def colour_key_png(folder: Path, mode: str) -> tuple[Path, np.ndarray]:
+    """A PNG with a tRNS colour key (no alpha channel) in `mode` ("RGB", "L", "1" or "P"); returns the
+    RGB pixels expected once the keyed colour is composited on white."""
+    rng = np.random.default_rng(19)
+    if mode == "RGB":
+        pixels = rng.integers(0, 4, (12, 10, 3), dtype=np.uint8) * 80
+        key = (80, 160, 0)
+        image = Image.fromarray(pixels, "RGB")
+        expected = np.where(np.all(pixels == key, axis=-1)[..., None], 255, pixels)
+    elif mode == "L":
+        grey = rng.integers(0, 4, (12, 10), dtype=np.uint8) * 80
+        key = 160
+        image, expected = Image.fromarray(grey, "L"), np.where(grey == key, 255, grey)[..., None].repeat(3, -1)
+    elif mode == "1":
+        bits = rng.random((12, 10)) < 0.5
+        key = 0  # black is transparent: every pixel ends white
+        image, expected = Image.fromarray(bits), np.full((12, 10, 3), 255)
+    else:
+        indices = rng.integers(0, 4, (12, 10), dtype=np.uint8)
+        palette = np.array([[200, 0, 0], [0, 200, 0], [0, 0, 200], [9, 9, 9]], dtype=np.uint8)
+        key = 2
+        image = Image.fromarray(indices, "P")
+        image.putpalette(palette.tobytes())
+        expected = np.where((indices == key)[..., None], 255, palette[indices])
+    path = folder / f"colour-key-{mode}.png"
+    image.save(path, transparency=key)
+    with Image.open(path) as check:
+        assert "transparency" in check.info and check.mode == mode, (check.mode, check.info)
+    return path, expected.astype(np.uint8)
+
+
+def tiff_with_compression(folder: Path, compression: int, name: str) -> Path:
+    """A deflate TIFF whose Compression tag is rewritten to `compression` (the data stays deflate)."""
+    data = encoded(pattern(16, 16, seed=20), "TIFF", compression="tiff_adobe_deflate")
+    tag = struct.pack("<HHI", 259, 3, 1)
+    position = data.index(tag + struct.pack("<HH", 8, 0))
+    path = folder / name
+    path.write_bytes(data[:position] + tag + struct.pack("<HH", compression, 0) + data[position + 12:])
+    return path
+
+
+def tiff_that_libtiff_rejects(folder: Path) -> Path:
+    """A deflate TIFF with zeros over the start of its data: libtiff prints its reason on stderr."""
+    data = bytearray(encoded(pattern(64, 64, seed=21), "TIFF", compression="tiff_adobe_deflate"))
+    data[8:40] = bytes(32)  # Pillow writes the strip right after the 8-byte header
+    path = folder / "zeroed-strip.tif"
+    path.write_bytes(bytes(data))
+    return path
+
+
+# Formats Pillow identifies by signature but cannot decode without a handler of its own (stubs).
+STUB_FILES = {
+    "data.grib": b"GRIB\0\0\0\x01" + bytes(64),
+    "data.bufr": b"BUFR" + bytes(64),
+    "data.h5": b"\x89HDF\r\n\x1a\n" + bytes(64),
+    # A placeable WMF: key, handle, bounding box 0,0-1440,1440, 1440 units an inch, reserved, checksum,
+    # then the standard metafile header's type and size.
+    "drawing.wmf": struct.pack("<IHhhhhHIH", 0x9AC6CDD7, 0, 0, 0, 1440, 1440, 1440, 0, 0) + b"\x01\x00\x09\x00" + bytes(64),
+}
+EPS_FILE = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests import corpus
 from vitkit.inputs.decode import DecodeOptions, decode_image
 from vitkit.errors import InputError
 
@@ -183,3 +188,177 @@ def test_draft_decodes_large_jpeg_smaller_but_reports_full_size(tmp_path: Path) 
 def test_draft_never_touches_png(tmp_path: Path) -> None:
     path = save(tmp_path, "large.png", Image.new("RGB", (2000, 1500)))
     assert decode_image(path, DecodeOptions(draft_size=100)).image.size == (2000, 1500)
+
+
+# --- real files from tests/corpus.py: order, bombs, corrupt PNGs, colour keys, codecs ----------------
+
+_CHILD_DECODE = """
+import json, resource, sys
+from vitkit.inputs.decode import DecodeOptions, decode_image
+results = []
+for path in sys.argv[2:]:
+    try:
+        decoded = decode_image(path, DecodeOptions(max_pixels=int(sys.argv[1])))
+        results.append([decoded.width, decoded.height, decoded.image.tobytes().hex()])
+    except Exception as exc:
+        results.append(getattr(exc, "message", repr(exc)))
+print(json.dumps({"results": results, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def decode_in_child(*paths: Path, max_pixels: int = DecodeOptions().max_pixels) -> dict:
+    """Decodes `paths` in order in a fresh interpreter: no plugin registered, nothing decoded before."""
+    child = subprocess.run([sys.executable, "-c", _CHILD_DECODE, str(max_pixels), *map(str, paths)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    return json.loads(child.stdout)
+
+
+def test_a_tga_decoded_first_does_not_change_an_ico(tmp_path: Path) -> None:
+    """TGA has no signature: once its plugin is registered ahead of ICO's, Pillow alone opens this ICO as a
+    TGA. Decoded after a TGA in one process, the ICO must give exactly what it gives alone."""
+    ico, reference = corpus.ico_that_tga_claims(tmp_path)
+    tga = corpus.tga(tmp_path)
+    alone = decode_in_child(ico)["results"]
+    after_tga = decode_in_child(tga, ico)["results"]
+    expected = np.asarray(Image.open(reference).convert("RGB"))
+    assert alone[0][:2] == [150, 150]
+    assert bytes.fromhex(alone[0][2]) == expected.tobytes()
+    assert after_tga[1] == alone[0]
+    assert after_tga[0][:2] == [24, 16]
+
+
+def test_formats_without_a_signature_come_last_the_named_one_first() -> None:
+    from vitkit.inputs.formats import open_order
+
+    order = open_order("x.tga")
+    unsigned = [name for name in order if Image.OPEN[name][1] is None]
+    assert order[-len(unsigned):] == tuple(unsigned) and unsigned[0] == "TGA"
+    assert {"TGA", "IM", "SPIDER"} <= set(unsigned)
+    assert open_order("x.im")[-len(unsigned)] == "IM"
+    assert open_order("x.ico").index("ICO") < open_order("x.ico").index("TGA")
+    assert set(open_order("x.jpg")) == set(Image.OPEN)
+
+
+def test_an_embedded_image_over_the_limit_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """A 16x16 ICO around a 15000 x 15000 PNG (46 KB): decoding it would take over 1 GB. Between one and
+    two times the limit Pillow only warns, so this also checks that its warning is the file's error."""
+    path = corpus.ico_with_huge_png(tmp_path)
+    assert path.stat().st_size < 100_000
+    child = decode_in_child(path)
+    side = corpus.BOMB_ICO_SIDE
+    assert child["results"] == [f"an embedded image or frame of {side}x{side} pixels is over the 178,956,970-pixel "
+                                "limit (decompression-bomb guard); raise it with --max-pixels"]
+    assert child["peak_kb"] < 1024 * 1024, f"peak memory {child['peak_kb'] / 1024:.0f} MB"
+
+
+def test_a_lower_limit_applies_to_embedded_images_too(tmp_path: Path) -> None:
+    png = corpus.encoded(corpus.pattern(120, 100), "PNG")
+    (tmp_path / "small-header.ico").write_bytes(corpus.ico_with_png(png, 16, 16))
+    with pytest.raises(InputError) as info:
+        decode_image(str(tmp_path / "small-header.ico"), DecodeOptions(max_pixels=10_000))
+    assert info.value.message == ("an embedded image or frame of 120x100 pixels is over the 10,000-pixel limit "
+                                  "(decompression-bomb guard); raise it with --max-pixels")
+    assert info.value.kind == "too large"
+    decoded = decode_image(str(tmp_path / "small-header.ico"))  # under the limit: the pixels' size, not the header's
+    assert (decoded.width, decoded.height) == decoded.image.size == (120, 100)
+
+
+@pytest.mark.parametrize("broken", [b for b in corpus.BROKEN_FILES if b.name.endswith(".png")], ids=lambda b: b.name)
+def test_a_png_decode_error_is_the_files_error_never_partial_pixels(broken: corpus.BrokenFile,
+                                                                    tmp_path: Path) -> None:
+    """Overwritten IDAT bytes, an APNG frame sequence error, a cut end chunk: read before the pixels, the
+    EXIF swallowed these errors and a second load kept the rows decoded so far."""
+    path = tmp_path / broken.name
+    path.write_bytes(broken.content())
+    with pytest.raises(InputError) as info:
+        decode_image(str(path))
+    assert info.value.message == broken.reason
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "P"])
+def test_a_transparent_colour_is_composited_on_white(mode: str, tmp_path: Path) -> None:
+    path, expected = corpus.colour_key_png(tmp_path, mode)
+    decoded = decode_image(str(path))
+    assert np.array_equal(np.asarray(decoded.image), expected)
+    assert "transparency" not in decoded.image.info  # applied, so nothing downstream applies it again
+
+
+@pytest.mark.parametrize("name", sorted(corpus.STUB_FILES))
+def test_formats_pillow_only_identifies_are_unsupported_not_corrupt(name: str, tmp_path: Path) -> None:
+    (tmp_path / name).write_bytes(corpus.STUB_FILES[name])
+    fmt = {"grib": "GRIB", "bufr": "BUFR", "h5": "HDF5", "wmf": "WMF"}[name.rsplit(".", 1)[1]]
+    with pytest.raises(InputError) as info:
+        decode_image(str(tmp_path / name))
+    assert info.value.message.startswith(f"unsupported: needs a {fmt} handler") and info.value.kind == "unsupported"
+
+
+def test_eps_without_ghostscript_is_unsupported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", False)  # as on a machine without `gs`
+    (tmp_path / "figure.eps").write_bytes(corpus.EPS_FILE)
+    with pytest.raises(InputError) as info:
+        decode_image(str(tmp_path / "figure.eps"))
+    assert info.value.message == "unsupported: needs Ghostscript (the `gs` program) to render EPS/PostScript"
+
+
+def test_a_tiff_compression_pillow_has_no_decoder_for_is_unsupported(tmp_path: Path) -> None:
+    path = corpus.tiff_with_compression(tmp_path, 12345, "unknown-compression.tif")
+    with pytest.raises(InputError) as info:
+        decode_image(str(path))
+    assert info.value.message == "unsupported: needs a TIFF decoder for compression 12345 (Pillow has none)"
+
+
+def test_a_tiff_compression_libtiff_lacks_is_unsupported(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    path = corpus.tiff_with_compression(tmp_path, 50001, "webp-compression.tif")  # WebP in TIFF: rarely built
+    with pytest.raises(InputError) as info:
+        decode_image(str(path))
+    if info.value.message.startswith("corrupt image data"):
+        pytest.skip("this libtiff decodes WebP: the deflate data under the WebP tag is only corrupt")
+    assert info.value.message == "unsupported: needs a libtiff built with WEBP compression (this build lacks it)"
+    assert capfd.readouterr().err == ""
+
+
+def test_libtiff_messages_become_the_files_reason_not_stray_stderr(tmp_path: Path,
+                                                                  capfd: pytest.CaptureFixture) -> None:
+    path = corpus.tiff_that_libtiff_rejects(tmp_path)
+    with pytest.raises(InputError) as info:
+        decode_image(str(path))
+    assert info.value.message.startswith("corrupt image data (OSError: decoder error -2, ZIPDecode: ")
+    assert capfd.readouterr().err == ""
+
+
+def test_c_library_lines_on_a_good_decode_become_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capfd: pytest.CaptureFixture) -> None:
+    """What C code prints on fd 2 during a decode that succeeds (libtiff's warnings) is that file's warnings."""
+    import ctypes
+    from PIL import ImageFile
+
+    libc = ctypes.CDLL(None)
+    original = ImageFile.ImageFile.load
+
+    def noisy_load(self: ImageFile.ImageFile) -> object:
+        for _ in range(200):  # as libtiff does on some files: the same lines, hundreds of times
+            for line in (b"TIFFReadDirectory: Warning, one.\n", b"TIFFReadDirectory: Warning, two.\n"):
+                libc.write(2, line, len(line))
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", noisy_load)
+    decoded = decode_image(save(tmp_path, "a.png", Image.new("RGB", (4, 4))))
+    assert decoded.warnings == ("decoder warning: TIFFReadDirectory: Warning, one.",
+                                "decoder warning: TIFFReadDirectory: Warning, two.")
+    assert capfd.readouterr().err == ""
+
+
+def test_an_errno_from_bad_data_is_corrupt_not_a_disk_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seek to an offset a header made up fails with EINVAL: the data is bad, the disk is fine."""
+    path = save(tmp_path, "a.png", Image.new("RGB", (4, 4)))
+
+    def failing_load(*_: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", failing_load)
+    with pytest.raises(InputError) as info:
+        decode_image(path)
+    assert (info.value.message, info.value.kind) == ("corrupt image data (OSError: Invalid argument)", "corrupt")

@@ -80,3 +80,34 @@ def test_unreadable_folder_is_reported(tmp_path: Path) -> None:
         assert item.path == str(locked) and "cannot read folder" in item.problem
     finally:
         locked.chmod(0o755)
+
+
+def test_extensions_come_from_pillows_registry_and_keep_the_old_ones() -> None:
+    from PIL import Image
+
+    from vitkit.inputs.formats import BASE_EXTENSIONS, NOT_PICTURES, picture_extensions
+
+    accepted = picture_extensions()
+    assert BASE_EXTENSIONS <= accepted and {".ico", ".tga"} <= accepted
+    assert {".mpo", ".jpf", ".jpx", ".j2c", ".avifs", ".qoi", ".psd", ".dds", ".icns", ".pcx"} <= accepted
+    assert not {".pdf", ".h5", ".hdf", ".grib", ".bufr", ".mpg", ".mpeg"} & accepted
+    registered = Image.registered_extensions()
+    assert accepted - BASE_EXTENSIONS == {ext for ext, fmt in registered.items() if fmt not in NOT_PICTURES} - BASE_EXTENSIONS
+
+
+def test_a_folder_scan_picks_every_readable_format_and_counts_the_rest(tmp_path: Path) -> None:
+    for name in ("a.mpo", "b.jpx", "c.qoi", "d.avifs", "e.JPF", "f.j2c", "notes.txt", "model.h5", "doc.pdf",
+                 "sub/g.tga", "sub/clip.mpg", ".hidden.txt"):
+        touch(tmp_path / name)
+    items = discover_inputs([str(tmp_path)])
+    assert [os.path.relpath(p, tmp_path) for p in paths(items)] == [
+        "a.mpo", "b.jpx", "c.qoi", "d.avifs", "e.JPF", "f.j2c", "sub/g.tga"]
+    assert items.skipped_by_extension == 4  # hidden files are not counted: they are never candidates
+
+
+def test_a_glob_counts_what_it_skips_and_an_explicit_file_is_never_skipped(tmp_path: Path) -> None:
+    for name in ("a.png", "b.txt", "c.txt"):
+        touch(tmp_path / name)
+    items = discover_inputs([str(tmp_path / "*"), str(tmp_path / "b.txt")])
+    assert paths(items) == [str(tmp_path / "a.png"), str(tmp_path / "b.txt")]
+    assert items.skipped_by_extension == 1  # b.txt was named, so it is an input, not a skipped file

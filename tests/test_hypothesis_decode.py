@@ -19,6 +19,7 @@ from vitkit.inputs.decode import decode_image, to_rgb
 
 MODES = ("1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "I;16B", "I;16L", "F",
          "LA", "La", "PA", "RGBa", "RGBX")
+COLOUR_KEY_MODES = ("1", "L", "RGB", "I;16")
 FORMATS = ("PNG", "TIFF", "JPEG", "WEBP", "GIF", "BMP", "PPM", "TGA", "SGI", "PCX", "ICO", "IM", "QOI", "DDS")
 
 
@@ -44,6 +45,8 @@ def images(draw: Callable) -> Image.Image:
     image = Image.frombytes(mode, (width, height), draw(st.binary(min_size=length, max_size=length)))
     if mode == "P" and draw(st.booleans()):
         image.info["transparency"] = draw(st.integers(0, 255))
+    if mode in COLOUR_KEY_MODES and draw(st.booleans()):  # a PNG tRNS colour key: one value fully transparent
+        image.info["transparency"] = image.getpixel((draw(st.integers(0, width - 1)), 0))
     return image
 
 
@@ -68,6 +71,16 @@ def check_model_inputs(rgb: Image.Image, preprocessors: list[Callable[[Any], tor
 def check_known_values(original: Image.Image, rgb: Image.Image) -> None:
     """Where the right colour is plain arithmetic, the pixels must be exactly it."""
     pixels = np.asarray(rgb).astype(np.int64)
+    if "transparency" in original.info and original.mode in COLOUR_KEY_MODES:
+        values = np.asarray(original).astype(np.int64)
+        key = np.asarray(original.info["transparency"]).astype(np.int64)  # 0/255 for "1" as Pillow gives it
+        if original.mode == "1":
+            values = values * 255
+        clear = np.all(values[..., None] == key, axis=-1) if original.mode != "RGB" else np.all(values == key, axis=-1)
+        assert (pixels[clear] == 255).all()
+        if original.mode == "RGB":
+            assert (pixels[~clear] == values[~clear]).all()
+        return
     if original.mode in ("L", "1"):
         grey = np.asarray(original.convert("L")).astype(np.int64)
         assert (pixels == grey[..., None]).all()

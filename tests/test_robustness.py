@@ -184,6 +184,60 @@ def test_malformed_exif_is_a_warning_and_the_stored_pixels_are_used(name: str, t
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: {path}: malformed EXIF data ignored")
 
 
+# --- formats, codecs and C libraries -----------------------------------------------------------------
+
+
+def test_shards_concatenate_to_the_whole_run_on_a_mixed_format_folder(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    """Unsharded, the TGA is decoded before the ICO; in shard 1/2 it is not. Each file's outcome is its own."""
+    files = corpus.mixed_formats(tmp_path / "mixed")
+    common = ("classify", str(tmp_path / "mixed"), "--model", str(tiny_timm_dir), "-k", "3", "--workers", "0")
+    whole = run_vitkit(*common)
+    shards = [run_vitkit(*common, "--shard", f"{index}/2") for index in range(2)]
+    assert whole.returncode == 0, whole.stderr
+    assert all(shard.returncode == 0 for shard in shards), [shard.stderr for shard in shards]
+    records, sharded = parse_jsonl(whole.stdout), parse_jsonl(shards[0].stdout) + parse_jsonl(shards[1].stdout)
+    assert [r["path"] for r in records] == [r["path"] for r in sharded] == [str(f) for f in files]
+    assert all("error" not in r for r in records + sharded)
+    for got, want in zip(sharded, records):
+        assert (got["width"], got["height"]) == (want["width"], want["height"]) and same_predictions(got, want)
+
+
+def test_unsupported_codecs_and_c_library_noise_are_one_line_per_file(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    """Real workers: libtiff's lines never reach stderr (none at all with --quiet), and files this
+    installation cannot decode say what they need instead of "corrupt"."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    zeroed = corpus.tiff_that_libtiff_rejects(folder)
+    unknown = corpus.tiff_with_compression(folder, 12345, "unknown-compression.tif")
+    for name, data in corpus.STUB_FILES.items():
+        (folder / name).write_bytes(data)
+    shutil.copy(GOOD[0], folder / "photo.jpg")
+    (folder / "notes.txt").write_text("not a picture")
+    args = ("classify", str(folder), "--model", str(tiny_timm_dir), "-k", "1", "-b", "2", "--workers", "2")
+    quiet, loud = run_vitkit(*args, "--quiet"), run_vitkit(*args)
+    assert quiet.returncode == loud.returncode == 1
+    assert quiet.stderr == ""
+    reasons = {r["path"]: r.get("error") for r in parse_jsonl(loud.stdout)}
+    assert reasons[str(unknown)] == "unsupported: needs a TIFF decoder for compression 12345 (Pillow has none)"
+    assert reasons[str(zeroed)].startswith("corrupt image data (OSError: decoder error -2, ZIPDecode: ")
+    assert reasons[str(folder / "drawing.wmf")].startswith("unsupported: needs a WMF handler")
+    assert reasons[str(folder / "photo.jpg")] is None
+    assert str(folder / "data.h5") not in reasons  # HDF5 holds no picture: not picked by a folder scan
+    lines = loud.stderr.splitlines()
+    assert lines[:-1] == [f"error: {path}: {reason}" for path, reason in reasons.items() if reason]
+    assert lines[-1] == ("3 of 4 inputs failed (2 unsupported, 1 corrupt); the others were processed; "
+                         "4 files skipped by extension (name one to try it)")
+
+
+def test_summary_counts_files_skipped_by_extension_when_all_succeed(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(GOOD[0], tmp_path / "a.jpg")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "weights.h5").write_bytes(corpus.STUB_FILES["data.h5"])
+    code, records, stderr = classify(tiny_timm_dir, tmp_path)
+    assert code == 0 and [r["path"] for r in records] == [str(tmp_path / "a.jpg")]
+    assert stderr.strip() == "1 input processed; 2 files skipped by extension (name one to try it)"
+
+
 # --- folders and names -------------------------------------------------------------------------------
 
 
@@ -461,7 +515,7 @@ def test_any_exception_from_pillow_is_that_files_error(error: BaseException, rea
 
     path = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(path)
-    monkeypatch.setattr("vitkit.inputs.decode.Image.open", lambda _: _Exploding(error))
+    monkeypatch.setattr("vitkit.inputs.decode.Image.open", lambda *_, **__: _Exploding(error))
     sample = ImageDataset([InputItem(str(path))], lambda image, meta: image, DecodeOptions())[0]
     assert (sample.path, sample.error, sample.inputs) == (str(path), reason, None)
 

@@ -115,6 +115,7 @@ class Job:
     sinks: list[RecordSink]
     names: dict[str, str]  # a temporary file written for an in-memory image -> the name its records carry
     cleanup: tempfile.TemporaryDirectory | None = None
+    skipped_by_extension: int = 0  # files a folder scan passed over, for the summary line
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Inputs:
     items: list[InputItem]
     names: dict[str, str]
     cleanup: tempfile.TemporaryDirectory | None = None
+    skipped_by_extension: int = 0
 
     @property
     def paths(self) -> list[str]:
@@ -152,8 +154,9 @@ def collect_inputs(options: InputOptions) -> Inputs:
         items = context.broadcast(None)
         if items is None:
             raise UsageError("rank 0 could not gather the inputs", hint="its error is on stderr")
+    skipped = getattr(items, "skipped_by_extension", 0)
     items = apply_shard(items, options.shard)
-    return Inputs(context.shard(items) if context is not None else items, names, cleanup)
+    return Inputs(context.shard(items) if context is not None else items, names, cleanup, skipped)
 
 
 def _paths_of(inputs: Any) -> tuple[list[str], dict[str, str], tempfile.TemporaryDirectory | None]:
@@ -196,7 +199,7 @@ def discover_all(paths: list[str] | None, files_from: str | None, null_separated
 def make_job(task: "Task", inputs: Inputs, run: "RunOptions", sinks: Sequence[RecordSink] = (),
              html: str | None = None) -> Job:
     sheet = [ContactSheetSink(html, task.layout, f"model {task.model.spec.id}")] if html else []
-    return Job(task, inputs.items, run, [*sinks, *sheet], inputs.names, inputs.cleanup)
+    return Job(task, inputs.items, run, [*sinks, *sheet], inputs.names, inputs.cleanup, inputs.skipped_by_extension)
 
 
 def iterate(job: Job | None, quiet: bool = False) -> Iterator["Record"]:
@@ -243,6 +246,7 @@ def execute(job: Job | None, out: OutputOptions) -> int:
     else:
         reporter = Reporter(quiet=out.quiet, progress=None if context.is_main else False, prefix=context.prefix)
         failed = _run_on_rank(context, job, out, reporter, local_sinks, main_sinks)
+    reporter.skipped_by_extension = job.skipped_by_extension
     exit_code = EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK
     # Before closing per-input sinks: one that raises must not make torchrun stop rank 0 mid-write.
     finish(exit_code)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import math
 import os
 import stat as stat_module
 import warnings
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vitkit.errors import InputError
+from vitkit.inputs.formats import ensure_plugins, open_order
+from vitkit.inputs.guard import bomb_size, c_stderr_captured, pillow_guarded
+from vitkit.inputs.unsupported import unsupported_after_load, unsupported_from_messages, unsupported_tiff
 
 # Pillow's own hard limit (twice its warning threshold): about 179 MP, or 537 MB of RGB pixels.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -49,19 +51,24 @@ class DecodedImage:
 def decode_image(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
     """Decode one file; every failure is an InputError whose message is the reason, for one line of output."""
     _check_file(path)
+    ensure_plugins()  # the same complete format registry in every process, before any file is opened
+    printed: list[str] = []
     try:
-        with _pillow_quietly() as caught, Image.open(path) as image:
+        with pillow_guarded(options.max_pixels) as caught, c_stderr_captured() as printed, \
+                Image.open(path, formats=open_order(path)) as image:
             decoded = _decode_open_image(image, options)
-        return replace(decoded, warnings=decoded.warnings + _warning_notes(caught, decoded.warnings))
+        notes = _warning_notes(caught, decoded.warnings) + tuple(f"decoder warning: {line}" for line in printed)
+        return replace(decoded, warnings=decoded.warnings + notes)
     except InputError:
         raise
     except UnidentifiedImageError as exc:
-        raise InputError("not an image Pillow can read (unknown or corrupt format)", kind="not an image") from exc
+        raise unsupported_tiff(path) or InputError("not an image Pillow can read (unknown or corrupt format)",
+                                                   kind="not an image") from exc
     except MemoryError as exc:
         raise InputError("out of memory while decoding", kind="too large") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise almost anything on hostile data (OSError,
         # SyntaxError, ValueError, struct.error, ZeroDivisionError...); each is this file's failure, never the run's.
-        raise _describe_decode_failure(exc) from exc
+        raise _describe_decode_failure(exc, printed, options.max_pixels) from exc
 
 
 def _check_file(path: str) -> None:
@@ -87,8 +94,7 @@ def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedIma
             f"raise it with {MAX_PIXELS_FLAG}",
             kind="too large",
         )
-    notes: list[str] = []
-    orientation = _read_orientation(image, notes)
+    drafted = False
     if options.draft_size and image.format == "JPEG":
         # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free. Pillow picks the smallest scale that
         # still covers the requested size; asking for twice what the model needs (the reducing gap
@@ -97,9 +103,19 @@ def _decode_open_image(image: Image.Image, options: DecodeOptions) -> DecodedIma
         # called only when a real reduction (1/2 or less) follows.
         scale = DRAFT_REDUCING_GAP * options.draft_size / min(width, height)
         wanted = (math.ceil(width * scale), math.ceil(height * scale))
-        if min(width // wanted[0], height // wanted[1]) >= 2:
+        drafted = min(width // wanted[0], height // wanted[1]) >= 2
+        if drafted:
             image.draft(image.mode, wanted)
-    image.load()
+    # Pixels before metadata: reading a PNG's EXIF decodes it, and an error there must be the file's
+    # error, not a "malformed EXIF" note followed by a second load that keeps the rows decoded so far.
+    try:
+        image.load()
+    except OSError as exc:
+        raise unsupported_after_load(image, exc) or exc
+    if not drafted:  # an ICO's embedded image may differ from its directory's size: the pixels decide
+        width, height = image.size
+    notes: list[str] = []
+    orientation = _read_orientation(image, notes)
     rgb = to_rgb(image)
     if orientation in _TRANSPOSE_FOR_ORIENTATION:
         rgb = rgb.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
@@ -123,8 +139,21 @@ def _read_orientation(image: Image.Image, notes: list[str]) -> int:
     return orientation
 
 
+_COLOUR_KEY_MODES = ("1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "RGB")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for every Pillow mode: transparency composited on white, 16-bit scaled (not clipped) to 8-bit."""
+    """RGB for every Pillow mode: transparency composited on white, 16-bit scaled (not clipped) to 8-bit.
+    The result never carries a `transparency` key: it has been applied."""
+    if image.mode in _COLOUR_KEY_MODES and "transparency" in image.info:
+        return _colour_key_on_white(image)
+    rgb = _to_rgb(image)
+    if rgb is not image:
+        rgb.info.pop("transparency", None)
+    return rgb
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -148,38 +177,69 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode == "L" and "transparency" in image.info:
-        return to_rgb(image.convert("LA"))
+        return _to_rgb(image.convert("LA"))
     return image.convert("RGB")
 
 
-def _describe_decode_failure(exc: BaseException) -> InputError:
+def _colour_key_on_white(image: Image.Image) -> Image.Image:
+    """A PNG tRNS colour key on grey or RGB (not a palette): pixels of exactly that value are fully
+    transparent, so they become white and every other pixel keeps its colour."""
+    key = image.info["transparency"]
+    plain = image.copy()
+    plain.info.pop("transparency")
+    rgb = np.array(_to_rgb(plain))
+    pixels = np.asarray(image)
+    if image.mode == "RGB":
+        if not (isinstance(key, (tuple, list)) and len(key) == 3):
+            return Image.fromarray(rgb, "RGB")  # not a colour key Pillow documents: nothing to apply
+        if max(key) > 255:  # a 16-bit PNG: Pillow keeps the high byte of each sample and the full key
+            key = tuple(int(value) >> 8 for value in key)
+        clear = np.all(pixels == np.asarray(key, dtype=pixels.dtype), axis=-1)
+    elif image.mode == "1":
+        clear = pixels == bool(key)
+    else:
+        clear = pixels == key
+    rgb[clear] = WHITE
+    return Image.fromarray(rgb, "RGB")
+
+
+# errnos that mean the file or the disk under it failed; any other errno at decode time (EINVAL from a
+# seek to an offset the header made up, EFBIG, EOVERFLOW...) is bad data, not a disk error.
+_DISK_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "EIO", "EACCES", "EPERM", "ESTALE", "ENXIO", "ENODEV", "ETIMEDOUT", "ENOTCONN", "EHOSTDOWN", "EHOSTUNREACH",
+    "ECONNRESET", "ECONNABORTED", "EAGAIN", "EINTR", "ENOMEDIUM", "EREMOTEIO", "EBADF") if hasattr(errno, name))
+
+
+def _describe_decode_failure(exc: BaseException, printed: list[str], max_pixels: int) -> InputError:
     # The file changed after _check_file, or the disk failed: the OS's reason, not the image's. Pillow's
     # decoder errors are OSErrors too, but never carry an errno.
     if isinstance(exc, FileNotFoundError):
         return InputError("no such file (or a broken link)", kind="missing")
-    if isinstance(exc, OSError) and exc.errno is not None:
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         return InputError(f"cannot read: {exc.strerror or os.strerror(exc.errno)}", kind="unreadable")
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return _bomb_failure(exc, max_pixels)
+    unsupported = unsupported_from_messages(printed)
+    if unsupported is not None:
+        return unsupported
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno is not None:
+        text = exc.strerror or os.strerror(exc.errno)
+    elif text.startswith("decoder error") and printed:  # libtiff said why on stderr; Pillow gives a code
+        text = f"{text}, {printed[0]}"
     if "truncated" in text.lower() or isinstance(exc, EOFError):
         return InputError("truncated image data (file cut short)", kind="truncated")
-    if isinstance(exc, Image.DecompressionBombError):
-        return InputError(f"{text}; raise the limit with {MAX_PIXELS_FLAG}", kind="too large")
     return InputError(f"corrupt image data ({type(exc).__name__}: {text})", kind="corrupt")
 
 
-@contextlib.contextmanager
-def _pillow_quietly() -> Iterator[list[warnings.WarningMessage]]:
-    """Pillow's global pixel check off (vitkit checks the count itself, with a flag to raise it), and its
-    warnings caught: they become the file's warnings instead of stray stderr lines from a worker."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield caught
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+def _bomb_failure(exc: BaseException, max_pixels: int) -> InputError:
+    size, outer = bomb_size(exc)
+    if size is None:
+        text = str(exc).strip() or type(exc).__name__
+        return InputError(f"{text}; raise the limit with {MAX_PIXELS_FLAG}", kind="too large")
+    what = f"{size[0]}x{size[1]} pixels" if outer else f"an embedded image or frame of {size[0]}x{size[1]} pixels"
+    return InputError(f"{what} is over the {max_pixels:,}-pixel limit (decompression-bomb guard); "
+                      f"raise it with {MAX_PIXELS_FLAG}", kind="too large")
 
 
 def _warning_notes(caught: list[warnings.WarningMessage], already: tuple[str, ...]) -> tuple[str, ...]:

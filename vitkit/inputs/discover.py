@@ -1,7 +1,8 @@
 """Input discovery: files, folders, globs and path lists become one ordered list of inputs.
 
 Order is deterministic (arguments in the order given, folder contents sorted by name) so that
-reruns and shards line up. Problems found here (missing path, unreadable folder) are kept as
+reruns and shards line up. Folder scans and globs pick files by extension: every extension Pillow
+registers a picture format for (vitkit.inputs.formats), and count the files they pass over. Problems found here (missing path, unreadable folder) are kept as
 inputs with a `problem`, so they are reported in their place instead of silently skipped.
 """
 
@@ -13,10 +14,6 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Iterable, Iterator, Sequence
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-    ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif", ".jp2", ".j2k",
-})
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -27,8 +24,24 @@ class InputItem:
     problem_kind: str = "missing"  # the error kind reported for `problem` (summary counts group by it)
 
 
+class DiscoveredInputs(list):
+    """The inputs, in order (a plain list of InputItem), and how many files a folder scan or a glob
+    passed over because their extension names no picture format Pillow reads."""
+
+    skipped_by_extension: int = 0
+
+    @classmethod
+    def of(cls, items: Iterable[InputItem], skipped_by_extension: int) -> "DiscoveredInputs":
+        """`items` (a shard's slice, say) with the count of the scan they came from."""
+        result = cls(items)
+        result.skipped_by_extension = skipped_by_extension
+        return result
+
+
 def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    from vitkit.inputs.formats import picture_extensions  # imports Pillow's plugins: only when scanning
+
+    return os.path.splitext(name)[1].lower() in picture_extensions()
 
 
 def is_hidden(name: str) -> bool:
@@ -41,17 +54,19 @@ def discover_inputs(
     files_from: str | None = None,
     null_separated: bool = False,
     stdin: IO[str] | None = None,
-) -> list[InputItem]:
+) -> DiscoveredInputs:
     """Expand arguments and an optional path list into inputs, each path once, in a stable order."""
     arguments = list(paths)
     if files_from is not None:
         arguments += read_path_list(files_from, null_separated, stdin)
     seen: set[str] = set()
-    items: list[InputItem] = []
-    for item in _expand_all(arguments):
+    items = DiscoveredInputs()
+    skipped: set[str] = set()
+    for item in _expand_all(arguments, skipped):
         if item.path not in seen:
             seen.add(item.path)
             items.append(item)
+    items.skipped_by_extension = len(skipped - seen)
     return items
 
 
@@ -65,11 +80,12 @@ def read_path_list(source: str, null_separated: bool, stdin: IO[str] | None = No
     return [part for part in parts if part.strip()]
 
 
-def _expand_all(arguments: Iterable[str]) -> Iterator[InputItem]:
+def _expand_all(arguments: Iterable[str], skipped: set[str]) -> Iterator[InputItem]:
+    """Inputs for every argument; paths passed over for their extension are added to `skipped`."""
     visited_dirs: set[tuple[int, int]] = set()
     for argument in arguments:
         if os.path.isdir(argument):
-            yield from _walk(argument, visited_dirs)
+            yield from _walk(argument, visited_dirs, skipped)
         elif os.path.lexists(argument):
             yield InputItem(argument)  # an explicit file is tried whatever its extension
         elif _GLOB_CHARS & set(argument):
@@ -78,14 +94,16 @@ def _expand_all(arguments: Iterable[str]) -> Iterator[InputItem]:
                 yield InputItem(argument, "no files match this pattern")
             for match in matches:
                 if os.path.isdir(match):
-                    yield from _walk(match, visited_dirs)
+                    yield from _walk(match, visited_dirs, skipped)
                 elif is_image_name(match):
                     yield InputItem(match)
+                else:
+                    skipped.add(match)
         else:
             yield InputItem(argument, "no such file or directory")
 
 
-def _walk(folder: str, visited_dirs: set[tuple[int, int]]) -> Iterator[InputItem]:
+def _walk(folder: str, visited_dirs: set[tuple[int, int]], skipped: set[str]) -> Iterator[InputItem]:
     """Depth-first, sorted by name, following folder symlinks but never entering a folder twice."""
     try:
         stat = os.stat(folder)
@@ -111,6 +129,8 @@ def _walk(folder: str, visited_dirs: set[tuple[int, int]]) -> Iterator[InputItem
         except OSError:
             is_dir = False
         if is_dir:
-            yield from _walk(path, visited_dirs)
+            yield from _walk(path, visited_dirs, skipped)
         elif is_image_name(entry.name):
             yield InputItem(path)
+        else:
+            skipped.add(path)

@@ -21,6 +21,7 @@ class Reporter:
         self.show_progress = (not quiet) and (stream.isatty() if progress is None else progress)
         self.failures: Counter[str] = Counter()
         self.total = 0
+        self.skipped_by_extension = 0  # files a folder scan passed over (see vitkit.inputs.discover)
         self._progress: Progress | None = None
         self._task_id = None
 
@@ -56,10 +57,14 @@ class Reporter:
 
     def summary_line(self) -> str | None:
         failed = sum(self.failures.values())
+        n_skipped = self.skipped_by_extension
+        skipped = (f"{n_skipped} file{'s' if n_skipped != 1 else ''} skipped by extension (name one to try it)"
+                   if n_skipped else "")
         if not failed:
-            return None
+            return f"{self.total} input{'s' if self.total != 1 else ''} processed; {skipped}" if skipped else None
         reasons = ", ".join(f"{count} {kind}" for kind, count in self.failures.most_common())
-        return f"{failed} of {self.total} inputs failed ({reasons}); the others were processed"
+        line = f"{failed} of {self.total} inputs failed ({reasons}); the others were processed"
+        return f"{line}; {skipped}" if skipped else line
 
     def print_summary(self) -> None:
         line = self.summary_line()
