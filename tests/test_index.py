@@ -19,11 +19,12 @@ from PIL import Image
 from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError, IndexSchemaError
 from vitkit.retrieval.index import (
     DB_NAME,
+    Entry,
     SCHEMA_VERSION,
     FileState,
     IndexStats,
     VectorIndex,
-    _write_errors,
+    write_errors,
     content_hash,
     file_state,
 )
@@ -49,8 +50,8 @@ def make_photos(folder: Path, n: int, first_seed: int = 0) -> list[Path]:
     return [write_png(folder / f"img{i:03d}.png", first_seed + i) for i in range(n)]
 
 
-def entries_for(paths: list[Path], vectors: np.ndarray) -> list[tuple]:
-    return [(file_state(str(p)), content_hash(str(p)), v, 6, 4) for p, v in zip(paths, vectors)]
+def entries_for(paths: list[Path], vectors: np.ndarray) -> list[Entry]:
+    return [Entry(file_state(str(p)), content_hash(str(p)), v, 6, 4) for p, v in zip(paths, vectors)]
 
 
 def build(index_dir: Path, paths: list[Path], vectors: np.ndarray) -> None:
@@ -104,7 +105,7 @@ def test_search_chunk_boundaries_do_not_change_results(tmp_path: Path, monkeypat
     queries = unit_vectors(3, seed=3)
     with VectorIndex.open_for_reading(tmp_path / "idx") as index:
         whole = index.search(queries, k=7)
-        monkeypatch.setattr("vitkit.retrieval.index.SEARCH_BUFFER_BYTES", 16 * DIM * 4)  # 16 rows: 7 chunks, the last short
+        monkeypatch.setattr("vitkit.retrieval.exact.SEARCH_BUFFER_BYTES", 16 * DIM * 4)  # 16 rows: 7 chunks, the last short
         chunked = index.search(queries, k=7)
     assert [as_pairs(h) for h in chunked] == [as_pairs(h) for h in whole]
 
@@ -117,7 +118,7 @@ def test_copies_are_separate_hits_ordered_by_path(tmp_path: Path) -> None:
     vectors = unit_vectors(2, seed=4)
     with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
         index.add(entries_for([original, other], vectors))
-        index.add([(file_state(str(copy)), content_hash(str(copy)), None, 6, 4)])  # shares the stored vector
+        index.add([Entry(file_state(str(copy)), content_hash(str(copy)), None, 6, 4)])  # shares the stored vector
         hits = index.search(vectors[:1], k=3)[0]
         assert index.stats().vectors == 2
     assert [h.path for h in hits] == [str(copy), str(original), str(other)]
@@ -170,7 +171,7 @@ def test_plan_update_new_then_unchanged(tmp_path: Path) -> None:
         plan = index.plan_update(scan(tmp_path / "photos"))
         assert plan.unchanged == () and plan.reusable == () and plan.hash_failures == ()
         assert plan.to_embed == tuple((str(p), content_hash(str(p))) for p in photos)
-        index.add([(file_state(path), digest, v, 6, 4) for (path, digest), v in zip(plan.to_embed, unit_vectors(5))])
+        index.add([Entry(file_state(path), digest, v, 6, 4) for (path, digest), v in zip(plan.to_embed, unit_vectors(5))])
         again = index.plan_update(scan(tmp_path / "photos"))
     assert again.unchanged == tuple(str(p) for p in photos)
     assert again.reusable == again.to_embed == again.hash_failures == ()
@@ -210,16 +211,16 @@ def test_add_updates_a_path_and_reuse_needs_a_known_hash(tmp_path: Path) -> None
     photo = write_png(tmp_path / "photos" / "a.png", 0)
     first, second = unit_vectors(2, seed=6)
     with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
-        index.add([(file_state(str(photo)), "hash-1", first, 6, 4)])
-        index.add([(file_state(str(photo)), "hash-2", second, 6, 4)])
+        index.add([Entry(file_state(str(photo)), "hash-1", first, 6, 4)])
+        index.add([Entry(file_state(str(photo)), "hash-2", second, 6, 4)])
         assert index.known_paths() == {str(photo)}
         assert index.search(second, k=1)[0][0].score == pytest.approx(1.0, abs=1e-3)
         with pytest.raises(ValueError, match="no stored vector"):
-            index.add([(file_state(str(photo)), "never-seen", None, 6, 4)])
+            index.add([Entry(file_state(str(photo)), "never-seen", None, 6, 4)])
         with pytest.raises(ValueError, match="shape"):
-            index.add([(file_state(str(photo)), "hash-3", np.ones(DIM + 1), 6, 4)])
+            index.add([Entry(file_state(str(photo)), "hash-3", np.ones(DIM + 1), 6, 4)])
         with pytest.raises(ValueError, match="no direction"):
-            index.add([(file_state(str(photo)), "hash-3", np.zeros(DIM), 6, 4)])
+            index.add([Entry(file_state(str(photo)), "hash-3", np.zeros(DIM), 6, 4)])
         assert index.stats().files == 1
 
 
@@ -255,13 +256,13 @@ def test_reader_sees_rows_committed_after_it_opened(tmp_path: Path) -> None:
 WRITER_SCRIPT = """
 import sys, time
 import numpy as np
-from vitkit.retrieval.index import FileState, VectorIndex
+from vitkit.retrieval.index import Entry, FileState, VectorIndex
 folder, batches, per_batch, dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 vectors = np.random.default_rng(0).standard_normal((batches * per_batch, dim)).astype(np.float32)
 with VectorIndex.open_for_writing(folder, "test-clip", dim) as index:
     print("ready", flush=True)
     for b in range(batches):
-        index.add([(FileState(f"/w/{i:05d}.png", 1, 1), f"h{i}", vectors[i], 1, 1)
+        index.add([Entry(FileState(f"/w/{i:05d}.png", 1, 1), f"h{i}", vectors[i], 1, 1)
                    for i in range(b * per_batch, (b + 1) * per_batch)])
         time.sleep(0.01)  # like a model embedding the next batch; gives the reader states in between
 """
@@ -319,7 +320,7 @@ def test_model_mismatch_raises_and_rebuild_resets(tmp_path: Path) -> None:
         assert (index.model_key, index.dim) == ("other-clip", DIM * 2)
         assert index.stats().files == index.stats().vectors == 0
         assert index.plan_update(scan(tmp_path / "photos")).reusable == ()  # old vectors are gone
-        index.add([(file_state(str(photos[0])), "h", unit_vectors(1, dim=DIM * 2)[0], 6, 4)])
+        index.add([Entry(file_state(str(photos[0])), "h", unit_vectors(1, dim=DIM * 2)[0], 6, 4)])
     with VectorIndex.open_for_reading(tmp_path / "idx", "other-clip") as reader:
         assert [h.path for h in reader.search(unit_vectors(1, dim=DIM * 2), k=5)[0]] == [str(photos[0])]
     assert [p.name for p in (tmp_path / "idx").glob("vectors*.f16")] == ["vectors.1.f16"]
@@ -525,7 +526,7 @@ def test_write_failures_get_the_hint_for_their_cause(cause: OSError | str, reaso
                                                       tmp_path: Path) -> None:
     error = _real_sqlite_error(tmp_path / "sqlite", cause) if isinstance(cause, str) else cause
     with pytest.raises(IndexError_, match=f"^cannot write to index {tmp_path}: {reason}$") as caught:
-        with _write_errors(tmp_path):
+        with write_errors(tmp_path):
             raise error
     assert caught.value.hint.startswith(hint)
     assert caught.value.hint.endswith("; every batch finished before this is kept")

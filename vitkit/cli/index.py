@@ -18,6 +18,10 @@ MergeFrom = Annotated[Optional[list[str]], typer.Option(
     "--merge-from", metavar="DIR", help="Merge this shard's index (from --shard I/N --index DIR) into --index "
     "instead of scanning folders; repeat for each shard. For a path in several, the newest mtime wins, then "
     "the last shard.", show_default=False)]
+Compact = Annotated[bool, typer.Option(
+    "--compact", help="Rewrite the vector file without vectors no file uses (also done by itself when over half are).")]
+Failed = Annotated[bool, typer.Option(
+    "--failed", help="List the files that failed and are skipped until they change, instead of indexing.")]
 Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS", help="Wait this long for another indexer to finish.")]
 
 
@@ -28,6 +32,8 @@ def index(
     rebuild: Rebuild = False,
     merge_from: MergeFrom = None,
     wait: Wait = 0.0,
+    compact: Compact = False,
+    failed: Failed = False,
     format: o.Format = "auto",
     device: o.Device = "auto",
     precision: o.Precision = "auto",
@@ -47,18 +53,27 @@ def index(
     from dataclasses import asdict
 
     from vitkit.runtime.distributed import finish, get_context
-    from vitkit.retrieval.update import IndexOptions, index_folders, merge_indexes
+    from vitkit.retrieval.update import IndexOptions, compact_index, index_folders, list_failures, merge_indexes
+    from vitkit.runtime.options import RunOptions
     from vitkit.runtime.report import Reporter
-    from vitkit.runtime.runner import RunOptions
     from vitkit.outputs.writers import resolve_format, write_listing
 
-    if not folders and not merge_from:
-        raise UsageError("no folders given", hint="vitkit index FOLDER..., or --merge-from SHARD_DIR ... --index DIR")
+    if not folders and not merge_from and not compact and not failed:
+        raise UsageError("no folders given",
+                         hint="vitkit index FOLDER..., --compact, --failed, or --merge-from SHARD_DIR ... --index DIR")
     if folders and merge_from:
         raise UsageError("pass folders to index or --merge-from shard indexes, not both",
                          hint="merge the shards first, then update with `vitkit index FOLDER --index DIR`")
     options = IndexOptions(index_dir, model, rebuild, wait, device, precision, offline,
-                           RunOptions(batch_size, workers, not no_draft, max_pixels), compile_model, shard)
+                           RunOptions(batch_size, workers, not no_draft, max_pixels), compile_model, shard, compact)
+    if failed:
+        _, failures = list_failures(options)
+        write_listing([asdict(f) for f in failures], ("path", "reason", "size", "mtime_ns"), resolve_format(format, None))
+        raise typer.Exit(EXIT_OK)
+    if compact and not folders and not merge_from:
+        target, dropped = compact_index(options)
+        write_listing([{"index": str(target), "compacted": dropped}], ("index", "compacted"), resolve_format(format, None))
+        raise typer.Exit(EXIT_OK)
     if merge_from:
         if shard is not None or get_context() is not None:
             raise UsageError("--merge-from runs as one process", hint="drop --shard and run it without torchrun")

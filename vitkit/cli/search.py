@@ -50,7 +50,7 @@ def search(
     from vitkit.runtime.distributed import refuse_launch
     from vitkit.retrieval.update import IndexOptions
     from vitkit.runtime.report import Reporter
-    from vitkit.runtime.runner import RunOptions
+    from vitkit.runtime.options import RunOptions
     from vitkit.retrieval.search import SEARCH_LAYOUT, search_images
     from vitkit.outputs.writers import open_output, open_writer, resolve_format
 
