@@ -1,4 +1,4 @@
-"""An index folder opened for reading (any number, no lock) or for writing (one writer, holding the lock).
+"""Reading an index folder (any number of readers, no lock); writer.py adds the one writer, holding the lock.
 
 An index folder holds:
   index.sqlite   what each file is (see schema.py), in WAL mode so readers never wait for the writer
