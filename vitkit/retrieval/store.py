@@ -13,7 +13,6 @@ Readers touch only rows their SQLite snapshot refers to, so they can search whil
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
