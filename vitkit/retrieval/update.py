@@ -127,7 +127,7 @@ def load_embed_task(spec: ModelSpec, options: IndexOptions) -> EmbedTask:
                                 compile=options.compile))
 
 
-def open_target(options: IndexOptions) -> tuple[Path, ModelSpec | None]:
+def resolve_index_dir(options: IndexOptions) -> tuple[Path, ModelSpec | None]:
     """The index folder options name, resolving the model only when no --index is given or --model is:
     commands that load no model (merge, listing failures, compacting) need no model to find an index."""
     from vitkit.models.registry import EMBED, resolve
@@ -138,14 +138,14 @@ def open_target(options: IndexOptions) -> tuple[Path, ModelSpec | None]:
 
 def list_failures(options: IndexOptions = IndexOptions()) -> tuple[Path, list[Failure]]:
     """The files the index remembers as failed (skipped until they change), by path."""
-    folder, spec = open_target(options)
+    folder, spec = resolve_index_dir(options)
     with open_reader(folder, get_model_key(spec) if spec else None, get_model_ref(spec) if spec else None) as index:
         return folder, index.failures()
 
 
 def compact_index(options: IndexOptions = IndexOptions()) -> tuple[Path, int]:
     """Rewrite the index's vector file without dead vectors; returns the folder and how many it dropped."""
-    folder, spec = open_target(options)
+    folder, spec = resolve_index_dir(options)
     if spec is None:
         with open_reader(folder) as reader:
             key, ref = reader.model_key, reader.model_ref
@@ -158,7 +158,7 @@ def compact_index(options: IndexOptions = IndexOptions()) -> tuple[Path, int]:
 def merge_indexes(sources: Sequence[str], options: IndexOptions) -> tuple[Path, MergeCounts]:
     """Merge shard indexes (e.g. from `vitkit index --shard I/N --index DIR`) into `options.index_dir`.
     No model is loaded: the shards' model key must match the target's, and the model's when given."""
-    target, spec = open_target(options)
+    target, spec = resolve_index_dir(options)
     shards: list[IndexReader] = []
     try:
         shards.extend(open_reader(source) for source in sources)
