@@ -23,15 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works without th
 import numpy as np
 import torch  # imported up front, as in the CLI after loading a model, so it is not in the cold timing
 
-from vitkit.retrieval.index import FileState, VectorIndex, _vectors_file_name
+from vitkit.retrieval.index import Entry, FileState, VectorIndex
+from vitkit.retrieval.vectors import vectors_file_name
 
 MODEL_KEY = "benchmark-random"
 
 
-def fake_batch(start: int, count: int, dim: int, rng: np.random.Generator) -> list[tuple]:
+def fake_batch(start: int, count: int, dim: int, rng: np.random.Generator) -> list[Entry]:
     """Entries for images start..start+count: 1000 per folder, blake2b-looking hashes, random unit-ish vectors."""
     vectors = rng.standard_normal((count, dim), dtype=np.float32)  # (B, D); add() normalises
-    return [(FileState(f"/bench/photos/{i // 1000:04d}/img{i:07d}.jpg", 200_000 + i, 1_700_000_000_000_000_000 + i),
+    return [Entry(FileState(f"/bench/photos/{i // 1000:04d}/img{i:07d}.jpg", 200_000 + i, 1_700_000_000_000_000_000 + i),
              hashlib.blake2b(i.to_bytes(8, "little"), digest_size=16).hexdigest(), vectors[j], 640, 480)
             for j, i in enumerate(range(start, start + count))]
 
@@ -106,7 +107,7 @@ def run(folder: Path, args: argparse.Namespace) -> None:
     index.close()
 
     # The baseline gets exactly the stored (float16-rounded) vectors, so both rank the same numbers.
-    matrix = np.fromfile(folder / _vectors_file_name(0), dtype="<f2").reshape(-1, dim)[:n].astype(np.float32)
+    matrix = np.fromfile(folder / vectors_file_name(0), dtype="<f2").reshape(-1, dim)[:n].astype(np.float32)
     unit = lambda q: q / np.linalg.norm(q, axis=1, keepdims=True)  # noqa: E731 - the index normalises too
     base_1 = timed(lambda: brute_force(matrix, unit(one), k), args.repeats)
     base_q = timed(lambda: brute_force(matrix, unit(many), k), args.repeats)
@@ -130,7 +131,7 @@ def report(args, build_s, cold_s, ours_1, ours_q, base_1, base_q, agree, stats, 
     print(f"(baseline: np.float32 matmul over all {n:,} vectors held in RAM as one float32 array, "
           f"{n * args.dim * 4 / 2**30:.2f} GiB, + argpartition; ratio > 1 means the index is slower)")
     print(f"top-{args.k} agreement with the baseline over the Q={q} batch: {agree:.3f}")
-    vector_bytes = (folder / _vectors_file_name(0)).stat().st_size
+    vector_bytes = (folder / vectors_file_name(0)).stat().st_size
     print(f"index size on disk: {stats.bytes_on_disk / n:,.0f} bytes per image (vectors.f16 {vector_bytes / n:,.0f} "
           f"+ sqlite {(stats.bytes_on_disk - vector_bytes) / n:,.0f}); {stats.bytes_on_disk / 2**30:.2f} GiB in all")
 

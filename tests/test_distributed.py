@@ -209,11 +209,11 @@ def test_merge_refuses_a_shard_from_another_model(tmp_path: Path) -> None:
 
 
 def test_merge_keeps_the_newest_mtime_and_the_last_shard_on_ties(tmp_path: Path) -> None:
-    from vitkit.retrieval.index import FileState, VectorIndex
+    from vitkit.retrieval.index import Entry, FileState, VectorIndex
 
     def shard(name: str, entries: list[tuple[str, int, str, list[float]]]) -> VectorIndex:
         with VectorIndex.open_for_writing(tmp_path / name, "k", 2) as index:
-            index.add([(FileState(path, 1, mtime), digest, np.array(v, np.float32), 1, 1)
+            index.add([Entry(FileState(path, 1, mtime), digest, np.array(v, np.float32), 1, 1)
                        for path, mtime, digest, v in entries])
         return VectorIndex.open_for_reading(tmp_path / name)
 

@@ -19,11 +19,13 @@ from PIL import Image
 from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError, IndexSchemaError
 from vitkit.retrieval.index import (
     DB_NAME,
+    Entry,
+    Failure,
     SCHEMA_VERSION,
     FileState,
     IndexStats,
     VectorIndex,
-    _write_errors,
+    write_errors,
     content_hash,
     file_state,
 )
@@ -49,8 +51,8 @@ def make_photos(folder: Path, n: int, first_seed: int = 0) -> list[Path]:
     return [write_png(folder / f"img{i:03d}.png", first_seed + i) for i in range(n)]
 
 
-def entries_for(paths: list[Path], vectors: np.ndarray) -> list[tuple]:
-    return [(file_state(str(p)), content_hash(str(p)), v, 6, 4) for p, v in zip(paths, vectors)]
+def entries_for(paths: list[Path], vectors: np.ndarray) -> list[Entry]:
+    return [Entry(file_state(str(p)), content_hash(str(p)), v, 6, 4) for p, v in zip(paths, vectors)]
 
 
 def build(index_dir: Path, paths: list[Path], vectors: np.ndarray) -> None:
@@ -104,7 +106,7 @@ def test_search_chunk_boundaries_do_not_change_results(tmp_path: Path, monkeypat
     queries = unit_vectors(3, seed=3)
     with VectorIndex.open_for_reading(tmp_path / "idx") as index:
         whole = index.search(queries, k=7)
-        monkeypatch.setattr("vitkit.retrieval.index.SEARCH_BUFFER_BYTES", 16 * DIM * 4)  # 16 rows: 7 chunks, the last short
+        monkeypatch.setattr("vitkit.retrieval.exact.SEARCH_BUFFER_BYTES", 16 * DIM * 4)  # 16 rows: 7 chunks, the last short
         chunked = index.search(queries, k=7)
     assert [as_pairs(h) for h in chunked] == [as_pairs(h) for h in whole]
 
@@ -117,7 +119,7 @@ def test_copies_are_separate_hits_ordered_by_path(tmp_path: Path) -> None:
     vectors = unit_vectors(2, seed=4)
     with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
         index.add(entries_for([original, other], vectors))
-        index.add([(file_state(str(copy)), content_hash(str(copy)), None, 6, 4)])  # shares the stored vector
+        index.add([Entry(file_state(str(copy)), content_hash(str(copy)), None, 6, 4)])  # shares the stored vector
         hits = index.search(vectors[:1], k=3)[0]
         assert index.stats().vectors == 2
     assert [h.path for h in hits] == [str(copy), str(original), str(other)]
@@ -170,7 +172,7 @@ def test_plan_update_new_then_unchanged(tmp_path: Path) -> None:
         plan = index.plan_update(scan(tmp_path / "photos"))
         assert plan.unchanged == () and plan.reusable == () and plan.hash_failures == ()
         assert plan.to_embed == tuple((str(p), content_hash(str(p))) for p in photos)
-        index.add([(file_state(path), digest, v, 6, 4) for (path, digest), v in zip(plan.to_embed, unit_vectors(5))])
+        index.add([Entry(file_state(path), digest, v, 6, 4) for (path, digest), v in zip(plan.to_embed, unit_vectors(5))])
         again = index.plan_update(scan(tmp_path / "photos"))
     assert again.unchanged == tuple(str(p) for p in photos)
     assert again.reusable == again.to_embed == again.hash_failures == ()
@@ -210,16 +212,16 @@ def test_add_updates_a_path_and_reuse_needs_a_known_hash(tmp_path: Path) -> None
     photo = write_png(tmp_path / "photos" / "a.png", 0)
     first, second = unit_vectors(2, seed=6)
     with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
-        index.add([(file_state(str(photo)), "hash-1", first, 6, 4)])
-        index.add([(file_state(str(photo)), "hash-2", second, 6, 4)])
+        index.add([Entry(file_state(str(photo)), "hash-1", first, 6, 4)])
+        index.add([Entry(file_state(str(photo)), "hash-2", second, 6, 4)])
         assert index.known_paths() == {str(photo)}
         assert index.search(second, k=1)[0][0].score == pytest.approx(1.0, abs=1e-3)
         with pytest.raises(ValueError, match="no stored vector"):
-            index.add([(file_state(str(photo)), "never-seen", None, 6, 4)])
+            index.add([Entry(file_state(str(photo)), "never-seen", None, 6, 4)])
         with pytest.raises(ValueError, match="shape"):
-            index.add([(file_state(str(photo)), "hash-3", np.ones(DIM + 1), 6, 4)])
+            index.add([Entry(file_state(str(photo)), "hash-3", np.ones(DIM + 1), 6, 4)])
         with pytest.raises(ValueError, match="no direction"):
-            index.add([(file_state(str(photo)), "hash-3", np.zeros(DIM), 6, 4)])
+            index.add([Entry(file_state(str(photo)), "hash-3", np.zeros(DIM), 6, 4)])
         assert index.stats().files == 1
 
 
@@ -255,13 +257,13 @@ def test_reader_sees_rows_committed_after_it_opened(tmp_path: Path) -> None:
 WRITER_SCRIPT = """
 import sys, time
 import numpy as np
-from vitkit.retrieval.index import FileState, VectorIndex
+from vitkit.retrieval.index import Entry, FileState, VectorIndex
 folder, batches, per_batch, dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 vectors = np.random.default_rng(0).standard_normal((batches * per_batch, dim)).astype(np.float32)
 with VectorIndex.open_for_writing(folder, "test-clip", dim) as index:
     print("ready", flush=True)
     for b in range(batches):
-        index.add([(FileState(f"/w/{i:05d}.png", 1, 1), f"h{i}", vectors[i], 1, 1)
+        index.add([Entry(FileState(f"/w/{i:05d}.png", 1, 1), f"h{i}", vectors[i], 1, 1)
                    for i in range(b * per_batch, (b + 1) * per_batch)])
         time.sleep(0.01)  # like a model embedding the next batch; gives the reader states in between
 """
@@ -319,7 +321,7 @@ def test_model_mismatch_raises_and_rebuild_resets(tmp_path: Path) -> None:
         assert (index.model_key, index.dim) == ("other-clip", DIM * 2)
         assert index.stats().files == index.stats().vectors == 0
         assert index.plan_update(scan(tmp_path / "photos")).reusable == ()  # old vectors are gone
-        index.add([(file_state(str(photos[0])), "h", unit_vectors(1, dim=DIM * 2)[0], 6, 4)])
+        index.add([Entry(file_state(str(photos[0])), "h", unit_vectors(1, dim=DIM * 2)[0], 6, 4)])
     with VectorIndex.open_for_reading(tmp_path / "idx", "other-clip") as reader:
         assert [h.path for h in reader.search(unit_vectors(1, dim=DIM * 2), k=5)[0]] == [str(photos[0])]
     assert [p.name for p in (tmp_path / "idx").glob("vectors*.f16")] == ["vectors.1.f16"]
@@ -525,7 +527,7 @@ def test_write_failures_get_the_hint_for_their_cause(cause: OSError | str, reaso
                                                       tmp_path: Path) -> None:
     error = _real_sqlite_error(tmp_path / "sqlite", cause) if isinstance(cause, str) else cause
     with pytest.raises(IndexError_, match=f"^cannot write to index {tmp_path}: {reason}$") as caught:
-        with _write_errors(tmp_path):
+        with write_errors(tmp_path):
             raise error
     assert caught.value.hint.startswith(hint)
     assert caught.value.hint.endswith("; every batch finished before this is kept")
@@ -549,3 +551,188 @@ def test_closing_after_an_error_keeps_that_error_and_releases_the_lock(tmp_path:
     with pytest.raises(IndexError_, match="cannot write to index .*: Input/output error"):
         index.close()  # with nothing else going wrong, the failure is reported, typed
     VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM).close()
+
+
+# --- compaction -----------------------------------------------------------------------------------
+
+
+def test_dead_vectors_are_counted_and_compaction_triggers_above_half(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", 10)
+    vectors = unit_vectors(10, seed=14)
+    build(tmp_path / "idx", photos, vectors)
+    queries = unit_vectors(3, seed=15)
+    vector_file = tmp_path / "idx" / "vectors.f16"
+    with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
+        index.remove_paths([str(p) for p in photos[:5]])
+        assert index.stats().dead_vectors == 5
+        assert index.compact_if_mostly_dead() == 0  # exactly half: not more than half
+        assert vector_file.stat().st_size == 10 * DIM * 2
+        index.remove_paths([str(photos[5])])
+        before = [as_pairs(h) for h in index.search(queries, k=10)]
+        assert index.stats().dead_vectors == 6
+        assert index.compact_if_mostly_dead() == 6
+        assert [as_pairs(h) for h in index.search(queries, k=10)] == before
+        assert index.stats().dead_vectors == 0 and index.stats().files == 4
+    assert not vector_file.exists()
+    assert (tmp_path / "idx" / "vectors.1.f16").stat().st_size == 4 * DIM * 2
+    with VectorIndex.open_for_reading(tmp_path / "idx", MODEL) as reader:
+        assert [as_pairs(h) for h in reader.search(queries, k=10)] == before
+
+
+_KILLED_COMPACTION = """
+import os, signal, sys
+import vitkit.retrieval.writer as writer
+from vitkit.retrieval.index import VectorIndex
+
+folder, step = sys.argv[1], sys.argv[2]
+
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+real_copy, real_renumber = writer.copy_rows, writer.renumber_rows
+def half_copy(source, target, rows, dim):
+    real_copy(source, target, rows, dim)
+    os.truncate(target, os.path.getsize(target) // 2 + 3)  # a copy cut short, mid-row
+    die()
+def renumber_then_die(conn, live):
+    real_renumber(conn, live)  # inside the transaction, before COMMIT
+    die()
+patches = {"copy": ("copy_rows", half_copy), "commit": ("renumber_rows", renumber_then_die),
+           "cleanup": ("remove_other_generations", die)}  # after COMMIT, the old file still there
+index = VectorIndex.open_for_writing(folder, "test-clip", int(sys.argv[3]))
+setattr(writer, *patches[step])
+index.compact()
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("step", ["copy", "commit", "cleanup"])
+def test_a_kill_at_any_step_of_compaction_leaves_a_usable_index(step: str, tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", 12)
+    vectors = unit_vectors(12, seed=16)
+    build(tmp_path / "idx", photos, vectors)
+    with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
+        index.remove_paths([str(p) for p in photos[::3]])
+    queries = unit_vectors(3, seed=17)
+    expected = reference_top_k([str(p) for i, p in enumerate(photos) if i % 3], vectors[[i % 3 != 0 for i in range(12)]],
+                               queries, 5)
+    child = subprocess.run([sys.executable, "-c", _KILLED_COMPACTION, str(tmp_path / "idx"), step, str(DIM)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -9, child.stdout + child.stderr
+    with VectorIndex.open_for_reading(tmp_path / "idx", MODEL) as reader:
+        for hits, reference in zip(reader.search(queries, k=5), expected):
+            assert_same_ranking(hits, reference)
+        assert reader.stats().files == 8
+    with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
+        live = sorted(p.name for p in (tmp_path / "idx").glob("vectors*.f16"))
+        assert len(live) == 1  # the leftover (half copy, or old file) is gone
+        assert index.compact() == (0 if step == "cleanup" else 4)
+        for hits, reference in zip(index.search(queries, k=5), expected):
+            assert_same_ranking(hits, reference)
+        index.add(entries_for(photos[:1], vectors[:1]))  # and it takes new rows
+        assert index.stats().files == 9
+
+
+_CHURN = """
+import sys
+import numpy as np
+from vitkit.retrieval.index import Entry, FileState, VectorIndex
+folder, n, dim, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+with VectorIndex.open_for_writing(folder, "test-clip", dim) as index:
+    print("ready", flush=True)
+    for r in range(rounds):  # new content for every path, so all old rows die, then compact them away
+        vectors = np.random.default_rng(r).standard_normal((n, dim)).astype(np.float32)
+        index.add([Entry(FileState(f"/w/{i:03d}.png", 1, r + 2), f"h{r}-{i}", vectors[i]) for i in range(n)])
+        assert index.compact() == n
+"""
+
+
+def test_readers_never_see_a_torn_state_while_the_writer_compacts(tmp_path: Path) -> None:
+    n = 40
+    with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
+        index.add([Entry(FileState(f"/w/{i:03d}.png", 1, 1), f"first-{i}", v) for i, v in enumerate(unit_vectors(n))])
+    writer = subprocess.Popen([sys.executable, "-c", _CHURN, str(tmp_path / "idx"), str(n), str(DIM), "25"],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "ready"
+    searches = 0
+    with VectorIndex.open_for_reading(tmp_path / "idx", MODEL) as reader:
+        while writer.poll() is None or searches == 0:
+            hits = reader.search(unit_vectors(1, seed=18), k=n)[0]
+            assert sorted(h.path for h in hits) == [f"/w/{i:03d}.png" for i in range(n)]
+            assert all(-1.01 <= h.score <= 1.01 for h in hits)
+            searches += 1
+    assert writer.wait(timeout=60) == 0
+    assert searches >= 3
+
+
+# --- failures, migrations and model names ----------------------------------------------------------
+
+
+def test_failures_are_skipped_until_the_file_changes(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", 3)
+    with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM) as index:
+        state = file_state(str(photos[0]))
+        index.record_failures([Failure(state.path, state.size, state.mtime_ns, "cannot decode")])
+        plan = index.plan_update(scan(tmp_path / "photos"))
+        assert plan.failed_unchanged == (str(photos[0]),)
+        assert [path for path, _ in plan.to_embed] == [str(p) for p in photos[1:]]
+        assert index.failures() == [Failure(state.path, state.size, state.mtime_ns, "cannot decode")]
+        os.utime(photos[0], ns=(state.mtime_ns, state.mtime_ns + 1_000_000_000))  # changed: tried again
+        assert [path for path, _ in index.plan_update(scan(tmp_path / "photos")).to_embed] == [str(p) for p in photos]
+        index.add(entries_for(photos[:1], unit_vectors(1)))  # it worked this time: forgotten
+        assert index.failures() == []
+        state = file_state(str(photos[1]))
+        index.record_failures([Failure(state.path, state.size, state.mtime_ns, "cannot decode")])
+        photos[1].unlink()
+        index.remove_missing([str(photos[0])], [str(tmp_path / "photos")], failing_paths=[])
+        assert index.failures() == []  # a failed file that is gone is forgotten too
+        index.record_failures([Failure(str(photos[2]), 1, 1, "x")])
+    with VectorIndex.open_for_writing(tmp_path / "idx", MODEL, DIM, rebuild=True) as index:
+        assert index.failures() == []  # another model may read it
+
+
+def _make_version_1_index(folder: Path, model_key: str) -> None:
+    """An index as vitkit wrote it before schema 2 (no failures table, no model_ref)."""
+    from vitkit.retrieval.schema import MIGRATIONS
+
+    folder.mkdir()
+    (folder / "vectors.f16").write_bytes(unit_vectors(1).astype("<f2").tobytes())
+    with sqlite3.connect(folder / DB_NAME) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", [("model_key", model_key), ("dim", str(DIM)),
+                                                            ("generation", "0")])
+        conn.execute("INSERT INTO vectors VALUES (0, 'h0')")
+        conn.execute("INSERT INTO files VALUES ('/p/a.png', 1, 1, 'h0', 0, 6, 4)")
+        conn.execute("PRAGMA user_version = 1")
+
+
+def test_a_schema_1_index_is_read_as_is_and_migrated_by_the_writer(tmp_path: Path) -> None:
+    key = "open_clip:local-dir:/models/clip#0123456789abcdef"
+    _make_version_1_index(tmp_path / "idx", key)
+    with VectorIndex.open_for_reading(tmp_path / "idx", key) as reader:
+        assert reader.failures() == [] and reader.model_ref == "/models/clip"
+        assert [h.path for h in reader.search(unit_vectors(1)[0], k=3)[0]] == ["/p/a.png"]
+    with pytest.raises(IndexModelMismatchError) as caught:
+        VectorIndex.open_for_reading(tmp_path / "idx", "open_clip:local-dir:/models/other#1", "/models/other")
+    assert "--model /models/clip" in caught.value.hint and "rebuild=True" in caught.value.hint
+    with VectorIndex.open_for_writing(tmp_path / "idx", key, model_ref="/models/clip") as index:
+        assert index.dim == DIM  # dim=None takes the index's own: no model needed to plan
+        assert index.known_paths() == {"/p/a.png"}
+        index.record_failures([Failure("/p/b.png", 1, 1, "broken")])
+    with sqlite3.connect(tmp_path / "idx" / DB_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    with pytest.raises(IndexSchemaError, match="no index at"):
+        VectorIndex.open_for_writing(tmp_path / "new", key)  # a new index needs the model's dim
+
+
+def test_mismatch_hint_names_a_model_value_that_works(tmp_path: Path) -> None:
+    with VectorIndex.open_for_writing(tmp_path / "idx", "open_clip:hf-hub:org/clip-a", DIM, model_ref="clip-a"):
+        pass
+    for open_index in (lambda: VectorIndex.open_for_reading(tmp_path / "idx", "open_clip:hf-hub:org/clip-b", "clip-b"),
+                       lambda: VectorIndex.open_for_writing(tmp_path / "idx", "open_clip:hf-hub:org/clip-b", DIM,
+                                                            model_ref="clip-b")):
+        with pytest.raises(IndexModelMismatchError, match="built with open_clip:hf-hub:org/clip-a, not") as caught:
+            open_index()
+        assert "--model clip-a (model='clip-a' in Python)" in caught.value.hint
+        assert "--rebuild" in caught.value.hint and "open_clip:" not in caught.value.hint

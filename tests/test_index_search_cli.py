@@ -202,3 +202,88 @@ def test_second_indexer_is_told_the_index_is_locked_while_search_works(photos: P
         blocked = runner.invoke(app, ["index", str(photos), "--model", str(tiny_open_clip_dir), "--index", str(index_dir)])
         assert blocked.exit_code == 2 and "locked" in blocked.stderr and "--wait" in blocked.stderr
         assert len(search_cmd(tiny_open_clip_dir, index_dir, "--text", "a cat", "-k", "3")) == 3
+
+
+def test_failed_files_are_remembered_until_they_change(photos: Path, tiny_open_clip_dir: Path, tmp_path: Path) -> None:
+    index_dir = tmp_path / "idx"
+    args = ["index", str(photos), "--model", str(tiny_open_clip_dir), "--index", str(index_dir), "--format", "json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1  # the first failure is news
+    assert (json.loads(first.stdout)[0]["failed"], json.loads(first.stdout)[0]["failed_unchanged"]) == (3, 0)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.stderr  # nothing changed: not retried, not an error again
+    row = json.loads(again.stdout)[0]
+    assert (row["failed"], row["failed_unchanged"], row["unchanged"]) == (0, 3, 6)
+    assert "3 files failed before and have not changed" in again.stderr and "error:" not in again.stderr
+    listed = runner.invoke(app, ["index", "--failed", "--index", str(index_dir), "--format", "json"])
+    assert listed.exit_code == 0, listed.stderr
+    failures = json.loads(listed.stdout)
+    assert [Path(f["path"]).name for f in failures] == ["empty.jpg", "not_an_image.jpg", "truncated.jpg"]
+    assert all(f["reason"] and f["size"] >= 0 for f in failures)
+    (photos / "broken" / "empty.jpg").write_bytes(b"still not a picture")  # changed: tried once more
+    third = runner.invoke(app, args)
+    assert third.exit_code == 1
+    assert (json.loads(third.stdout)[0]["failed"], json.loads(third.stdout)[0]["failed_unchanged"]) == (1, 2)
+
+
+def test_compact_flag_and_automatic_compaction(photos: Path, tiny_open_clip_dir: Path, tmp_path: Path) -> None:
+    index_dir = tmp_path / "idx"
+    index_cmd(photos, tiny_open_clip_dir, index_dir)
+    before = search_cmd(tiny_open_clip_dir, index_dir, "--text", "a cat", "-k", "10")
+    (photos / before[-1]["path"]).unlink()
+    swept = index_cmd(photos, tiny_open_clip_dir, index_dir)
+    assert (swept["removed"], swept["compacted"]) == (1, 0)  # 1 dead of 6: kept for reuse
+    compacted = runner.invoke(app, ["index", "--compact", "--index", str(index_dir), "--format", "json"])
+    assert compacted.exit_code == 0, compacted.stderr
+    assert json.loads(compacted.stdout) == [{"index": str(index_dir), "compacted": 1}]
+    assert sorted(p.name for p in index_dir.glob("vectors*.f16")) == ["vectors.1.f16"]
+    assert (index_dir / "vectors.1.f16").stat().st_size == 5 * 32 * 2
+    assert search_cmd(tiny_open_clip_dir, index_dir, "--text", "a cat", "-k", "10") == before[:-1]
+    for record in before[:3]:
+        os.unlink(record["path"])
+    auto = index_cmd(photos, tiny_open_clip_dir, index_dir)
+    assert (auto["removed"], auto["compacted"]) == (3, 3)  # 3 dead of 5: over half, compacted by itself
+    assert (index_dir / "vectors.2.f16").stat().st_size == 2 * 32 * 2
+    ranked = [(r["path"], r["score"]) for r in search_cmd(tiny_open_clip_dir, index_dir, "--text", "a cat", "-k", "10")]
+    assert ranked == [(r["path"], r["score"]) for r in before[3:-1]]
+
+
+_IMPORTS_AFTER = """
+import runpy, sys
+try:
+    runpy.run_module("vitkit", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+print("exit", code, "loaded", *sorted({"torch", "open_clip", "timm"} & set(sys.modules)), file=sys.stderr)
+"""
+
+
+def test_a_no_op_index_loads_no_model_and_imports_no_torch(photos: Path, tiny_open_clip_dir: Path,
+                                                           tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    index_dir = tmp_path / "idx"
+    command = [sys.executable, "-c", _IMPORTS_AFTER, "index", str(photos), "--model", str(tiny_open_clip_dir),
+               "--index", str(index_dir), "--format", "json"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert "exit 1 loaded open_clip timm torch" in first.stderr  # something to embed: the model loads
+    noop = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert noop.stderr.strip().endswith("exit 0 loaded"), noop.stderr
+    row = json.loads(noop.stdout)[0]
+    assert (row["added"], row["unchanged"], row["failed_unchanged"]) == (0, 6, 3)
+
+
+def test_library_functions_need_no_reporter(photos: Path, tiny_open_clip_dir: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from vitkit.retrieval.search import search_images
+    from vitkit.retrieval.update import IndexOptions, index_folders
+
+    options = IndexOptions(index_dir=str(tmp_path / "idx"), model=str(tiny_open_clip_dir))
+    first = index_folders([str(photos)], options)
+    assert (first.counts.added, first.counts.failed) == (6, 3) and first.task is not None
+    again = index_folders([str(photos)], options)
+    assert again.task is None and again.counts.unchanged == 6  # nothing to embed: no model
+    result = search_images("a cat", None, [str(photos)], top_k=3, options=options)
+    assert len(result.hits) == 3 and result.counts.failed_unchanged == 3
+    assert capsys.readouterr().err == ""  # quiet by default: no CLI reporter needed

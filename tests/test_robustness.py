@@ -537,14 +537,14 @@ def test_a_preprocess_failure_is_that_files_error(tmp_path: Path) -> None:
 _FULL_DISK_WRITER = """
 import os, resource, signal, sys
 import numpy as np
-from vitkit.retrieval.index import FileState, VectorIndex
+from vitkit.retrieval.index import Entry, FileState, VectorIndex
 folder, dim = sys.argv[1], int(sys.argv[2])
 try:
     with VectorIndex.open_for_writing(folder, "test-model", dim) as index:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         limit = os.path.getsize(os.path.join(folder, "vectors.f16")) + 100
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        index.add([(FileState(f"/photos/new{i}.jpg", 1, 1), f"hash-new{i}", np.full(dim, i + 1.0), 1, 1)
+        index.add([Entry(FileState(f"/photos/new{i}.jpg", 1, 1), f"hash-new{i}", np.full(dim, i + 1.0), 1, 1)
                    for i in range(3)])
 except BaseException as exc:  # what gets past __exit__ and close
     print(type(exc).__module__, type(exc).__name__, exc, sep=": ")
@@ -556,12 +556,12 @@ def test_a_full_disk_during_a_vector_write_leaves_the_index_as_it_was(tmp_path: 
     """A file-size limit set after a successful open reaches the vector append itself (set before, SQLite's
     32 KiB -shm file hits it first). 3 rows of dim 512 fit in a write buffer, so a buffered write would
     fail only at flush, then again in the cleanup and in close, ending in a raw OSError."""
-    from vitkit.retrieval.index import FileState, VectorIndex
+    from vitkit.retrieval.index import Entry, FileState, VectorIndex
 
     dim, folder = 512, tmp_path / "index"
     vector = np.ones(dim, dtype=np.float32)
     with VectorIndex.open_for_writing(folder, "test-model", dim) as index:
-        index.add([(FileState("/photos/a.jpg", 1, 1), "hash-a", vector, 1, 1)])
+        index.add([Entry(FileState("/photos/a.jpg", 1, 1), "hash-a", vector, 1, 1)])
     child = subprocess.run([sys.executable, "-c", _FULL_DISK_WRITER, str(folder), str(dim)], capture_output=True,
                            text=True, env=os.environ.copy(), timeout=120)
     assert child.returncode == 1, child.stderr
@@ -571,5 +571,5 @@ def test_a_full_disk_during_a_vector_write_leaves_the_index_as_it_was(tmp_path: 
         [[hit]] = index.search(vector, k=5)
         assert hit.path == "/photos/a.jpg" and hit.score == pytest.approx(1.0, abs=1e-3)
     with VectorIndex.open_for_writing(folder, "test-model", dim) as index:  # and it recovers once there is room
-        index.add([(FileState("/photos/b.jpg", 1, 1), "hash-b", -vector, 1, 1)])
+        index.add([Entry(FileState("/photos/b.jpg", 1, 1), "hash-b", -vector, 1, 1)])
         assert index.known_paths() == {"/photos/a.jpg", "/photos/b.jpg"}

@@ -112,13 +112,16 @@ def caption(inputs: Source | Sequence[Source] | None = None, *, max_length: int 
 
 
 def index(folders: str | Sequence[str] | None = None, *, index_dir: str | None = None, rebuild: bool = False,
-          merge_from: Sequence[str] | None = None, wait: float = 0.0, **options: Unpack[Options]) -> Fields | None:
+          merge_from: Sequence[str] | None = None, wait: float = 0.0, compact: bool = False,
+          **options: Unpack[Options]) -> Fields | None:
     """Bring the index of `folders` up to date (or merge shard indexes) and return its counts:
-    `.index, .added, .updated, .reused, .unchanged, .removed, .failed`. None on torchrun ranks other than 0."""
+    `.index, .added, .updated, .reused, .unchanged, .removed, .failed, .failed_unchanged, .compacted`.
+    `compact=True` also rewrites the vector file without dead vectors (with no folders: only that).
+    None on torchrun ranks other than 0."""
     quiet, shard = options.pop("quiet", False), options.pop("shard", None)
     model, batch = split_options(dict(options), ModelOptions, BatchOptions)
     listing = jobs.run_index(_as_list(folders), model, batch, index_dir=index_dir, rebuild=rebuild,
-                             merge_from=merge_from, wait=wait, shard=shard, quiet=quiet)
+                             merge_from=merge_from, wait=wait, shard=shard, compact=compact, quiet=quiet)
     return Fields(listing.rows[0]) if listing.rows else None
 
 

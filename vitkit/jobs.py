@@ -131,27 +131,37 @@ def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions,
 
 
 def _index_options(model: ModelOptions, batch: BatchOptions, index_dir: str | None, rebuild: bool, wait: float,
-                   shard: str | None = None) -> "IndexOptions":
+                   shard: str | None = None, compact: bool = False) -> "IndexOptions":
     from vitkit.retrieval.update import IndexOptions
 
     return IndexOptions(index_dir, model.reference, rebuild, wait, model.device, model.precision, model.offline,
-                        batch.run_options(), model.compile, shard)
+                        batch.run_options(), model.compile, shard, compact)
 
 
 def run_index(folders: Sequence[str] | None, model: ModelOptions, batch: BatchOptions, *,
               index_dir: str | None = None, rebuild: bool = False, merge_from: Sequence[str] | None = None,
-              wait: float = 0.0, shard: str | None = None, quiet: bool = False) -> Listing:
+              wait: float = 0.0, shard: str | None = None, compact: bool = False, failed: bool = False,
+              quiet: bool = False) -> Listing:
     """Bring an index up to date with folders, or merge shard indexes into one. Under torchrun every
-    rank embeds a part; rank 0 alone gets the counts row (the others get none and a status of 0)."""
-    from vitkit.retrieval.update import index_folders, merge_indexes
+    rank embeds a part; rank 0 alone gets the counts row (the others get none and a status of 0).
+    `compact` rewrites the vector file without dead vectors (after the update, or on its own);
+    `failed` lists the remembered failures instead of indexing."""
+    from vitkit.retrieval.update import compact_index, index_folders, list_failures, merge_indexes
     from vitkit.runtime.distributed import finish, get_context
 
-    if not folders and not merge_from:
-        raise UsageError("no folders given", hint="vitkit index FOLDER..., or --merge-from SHARD_DIR ... --index DIR")
+    if not folders and not merge_from and not compact and not failed:
+        raise UsageError("no folders given",
+                         hint="vitkit index FOLDER..., --compact, --failed, or --merge-from SHARD_DIR ... --index DIR")
     if folders and merge_from:
         raise UsageError("pass folders to index or --merge-from shard indexes, not both",
                          hint="merge the shards first, then update with `vitkit index FOLDER --index DIR`")
-    options = _index_options(model, batch, index_dir, rebuild, wait, shard)
+    options = _index_options(model, batch, index_dir, rebuild, wait, shard, compact)
+    if failed:
+        _, failures = list_failures(options)
+        return Listing([asdict(f) for f in failures])
+    if compact and not folders and not merge_from:
+        target, dropped = compact_index(options)
+        return Listing([{"index": str(target), "compacted": dropped}])
     context = get_context()
     if merge_from:
         if shard is not None or context is not None:

@@ -1,24 +1,30 @@
-"""Keeping an index up to date with folders: plan from the filesystem, embed only what changed, sweep last."""
+"""Keeping an index up to date with folders: plan from the filesystem, load the model only if something
+needs embedding, embed only what changed, sweep last."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import astuple, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from vitkit.inputs.discover import InputItem, discover_inputs
 from vitkit.errors import IndexModelMismatchError, UsageError
-from vitkit.retrieval.index import FileState, MergeCounts, VectorIndex, file_state
+from vitkit.inputs.discover import InputItem, discover_inputs
 from vitkit.models.registry import ModelSpec
+from vitkit.retrieval.plan import FileState, file_state
+from vitkit.retrieval.store import Entry, Failure, IndexReader, index_exists, open_reader
+from vitkit.retrieval.writer import IndexWriter, MergeCounts, open_writer
+from vitkit.runtime.options import RunOptions
 from vitkit.runtime.report import Reporter
-from vitkit.runtime.runner import RunOptions, run
 from vitkit.runtime.sharding import apply_shard
-from vitkit.tasks.embed import EmbedTask
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch comes with these: a run with nothing to embed never imports them
+    import numpy as np
+
     from vitkit.runtime.distributed import RankContext
+    from vitkit.tasks.embed import EmbedTask
 
 INDEX_DIR_ENV = "VITKIT_INDEX_DIR"
 HOME_ENV = "VITKIT_HOME"
@@ -31,7 +37,9 @@ class IndexCounts:
     reused: int = 0  # renamed, copied or touched files whose content already had a vector
     unchanged: int = 0
     removed: int = 0  # paths gone from the scanned folders
-    failed: int = 0
+    failed: int = 0  # failed in this run: the exit status says so
+    failed_unchanged: int = 0  # failed in an earlier run and unchanged since: skipped, not retried
+    compacted: int = 0  # dead vectors dropped from the vector file
 
     @property
     def embedded(self) -> int:
@@ -47,61 +55,124 @@ class IndexOptions:
     device: str = "auto"
     precision: str = "auto"
     offline: bool = False
-    run: RunOptions = RunOptions()
+    run: RunOptions = field(default_factory=RunOptions)
     compile: bool = False
     shard: str | None = None  # "I/N": embed only that slice of the inputs
+    compact: bool = False  # rewrite the vector file without dead vectors after updating
 
 
 @dataclass(frozen=True)
 class IndexResult:
-    task: EmbedTask
+    task: EmbedTask | None  # None when nothing needed the model
     folder: Path
     counts: IndexCounts
+    spec: ModelSpec | None = None
 
 
-def index_folders(folders: Sequence[str], options: IndexOptions, reporter: Reporter) -> IndexResult:
-    """Load the model, take the writer lock, and bring the index up to date with `folders`.
-    Under torchrun every rank embeds a part and rank 0 alone opens and writes the index; the other
-    ranks return zero counts."""
+@dataclass(frozen=True)
+class _Embedded:
+    """One file's outcome from the model (sent between ranks under torchrun)."""
+
+    path: str
+    content_hash: str
+    vector: np.ndarray | None  # (D,) float32; None when the file failed
+    width: int | None
+    height: int | None
+    error: str | None
+
+
+def index_folders(folders: Sequence[str], options: IndexOptions = IndexOptions(),
+                  reporter: Reporter | None = None) -> IndexResult:
+    """Bring the index up to date with `folders`, taking the writer lock. The model is loaded only if
+    a file needs embedding (or the index is new). Under torchrun every rank embeds a part and rank 0
+    alone opens and writes the index; the other ranks return zero counts."""
+    from vitkit.models.registry import EMBED, resolve
     from vitkit.runtime.distributed import get_context
+
+    reporter = reporter or Reporter(quiet=True)
+    spec = resolve(options.model, EMBED)
+    folder = Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)
+    context = get_context()
+    loaded: list[EmbedTask] = []
+
+    def get_task() -> EmbedTask:
+        if not loaded:
+            loaded.append(load_embed_task(spec, options))
+        return loaded[0]
+
+    if context is not None:  # every rank takes part in the collectives, so every rank loads the model
+        get_task()
+        if not context.is_main:
+            _embed_for_main(context, get_task(), options.run, reporter)
+            return IndexResult(get_task(), folder, IndexCounts(), spec)
+    if not folders and not options.rebuild and not options.compact:
+        return IndexResult(None, folder, IndexCounts(), spec)
+    dim = get_task().dim if options.rebuild or not index_exists(folder) else None
+    with open_writer(folder, get_model_key(spec), dim, model_ref=get_model_ref(spec), rebuild=options.rebuild,
+                     wait_seconds=options.wait_seconds) as index:
+        counts = IndexCounts()
+        if folders or options.rebuild:
+            counts = update_index(index, get_task, folders, options.run, reporter, options.shard)
+        if options.compact:
+            counts = replace(counts, compacted=counts.compacted + index.compact())
+    return IndexResult(loaded[0] if loaded else None, folder, counts, spec)
+
+
+def load_embed_task(spec: ModelSpec, options: IndexOptions) -> EmbedTask:
     from vitkit.models.loading import load_model
+    from vitkit.models.registry import EMBED
+    from vitkit.tasks.embed import EmbedTask
+
+    return EmbedTask(load_model(spec, EMBED, options.device, options.precision, options.offline,
+                                compile=options.compile))
+
+
+def resolve_index_dir(options: IndexOptions) -> tuple[Path, ModelSpec | None]:
+    """The index folder options name, resolving the model only when no --index is given or --model is:
+    commands that load no model (merge, listing failures, compacting) need no model to find an index."""
     from vitkit.models.registry import EMBED, resolve
 
-    spec = resolve(options.model, EMBED)
-    context = get_context()
-    task = EmbedTask(load_model(spec, EMBED, options.device, options.precision, options.offline,
-                                compile=options.compile))
-    folder = Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)
-    counts = IndexCounts()
-    if context is not None and not context.is_main:
-        _embed_for_main(context, task, options.run, reporter)
-    elif folders or options.rebuild:
-        with VectorIndex.open_for_writing(folder, get_model_key(spec), task.dim, rebuild=options.rebuild,
-                                          wait_seconds=options.wait_seconds) as index:
-            counts = update_index(index, task, folders, options.run, reporter, options.shard)
-    return IndexResult(task, folder, counts)
+    spec = resolve(options.model, EMBED) if options.model or not options.index_dir else None
+    return (Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)), spec
+
+
+def list_failures(options: IndexOptions = IndexOptions()) -> tuple[Path, list[Failure]]:
+    """The files the index remembers as failed (skipped until they change), by path."""
+    folder, spec = resolve_index_dir(options)
+    with open_reader(folder, get_model_key(spec) if spec else None, get_model_ref(spec) if spec else None) as index:
+        return folder, index.failures()
+
+
+def compact_index(options: IndexOptions = IndexOptions()) -> tuple[Path, int]:
+    """Rewrite the index's vector file without dead vectors; returns the folder and how many it dropped."""
+    folder, spec = resolve_index_dir(options)
+    if spec is None:
+        with open_reader(folder) as reader:
+            key, ref = reader.model_key, reader.model_ref
+    else:
+        key, ref = get_model_key(spec), get_model_ref(spec)
+    with open_writer(folder, key, model_ref=ref, wait_seconds=options.wait_seconds) as index:
+        return folder, index.compact()
 
 
 def merge_indexes(sources: Sequence[str], options: IndexOptions) -> tuple[Path, MergeCounts]:
     """Merge shard indexes (e.g. from `vitkit index --shard I/N --index DIR`) into `options.index_dir`.
-    No model is loaded: the shards' model key must match the target's, and --model's when given."""
-    from vitkit.models.registry import EMBED, resolve
-
-    spec = resolve(options.model, EMBED) if options.model or not options.index_dir else None
-    target = Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)
-    shards: list[VectorIndex] = []
+    No model is loaded: the shards' model key must match the target's, and the model's when given."""
+    target, spec = resolve_index_dir(options)
+    shards: list[IndexReader] = []
     try:
-        shards.extend(VectorIndex.open_for_reading(source) for source in sources)
+        shards.extend(open_reader(source) for source in sources)
         model_key = get_model_key(spec) if spec else shards[0].model_key
         for shard in shards:
             if os.path.realpath(shard.folder) == os.path.realpath(target):
-                raise UsageError(f"cannot merge index {shard.folder} into itself", hint="pass a different --index")
+                raise UsageError(f"cannot merge index {shard.folder} into itself",
+                                 hint="pass a different --index (index_dir= in Python)")
             if shard.model_key != model_key:
                 raise IndexModelMismatchError(f"index {shard.folder} was built with {shard.model_key}, not {model_key}",
-                                              hint="merge only shards built with the same --model")
+                                              hint="merge only shards built with the same --model (model= in Python)")
         totals = MergeCounts(0, 0, 0, 0)
-        with VectorIndex.open_for_writing(target, model_key, shards[0].dim, rebuild=options.rebuild,
-                                          wait_seconds=options.wait_seconds) as index:
+        with open_writer(target, model_key, shards[0].dim, model_ref=get_model_ref(spec) if spec else shards[0].model_ref,
+                         rebuild=options.rebuild, wait_seconds=options.wait_seconds) as index:
             for shard in shards:
                 merged = index.merge_from(shard)
                 totals = MergeCounts(*(a + b for a, b in zip(astuple(totals), astuple(merged))))
@@ -140,11 +211,20 @@ def get_model_key(spec: ModelSpec) -> str:
     return key
 
 
-def update_index(index: VectorIndex, task: EmbedTask, folders: Sequence[str], options: RunOptions,
-                 reporter: Reporter, shard: str | None = None) -> IndexCounts:
+def get_model_ref(spec: ModelSpec) -> str:
+    """A --model value that names this model from any folder: the alias as typed, or the absolute folder."""
+    return spec.local_path or spec.id
+
+
+def update_index(index: IndexWriter, get_task: Callable[[], EmbedTask], folders: Sequence[str],
+                 options: RunOptions = RunOptions(), reporter: Reporter | None = None,
+                 shard: str | None = None) -> IndexCounts:
     """Bring the index in line with `folders` (or with the `--shard I/N` slice of what they hold). Each
     batch is committed as it completes, so an interrupted run keeps its work; removals happen only
-    after a complete scan."""
+    after a complete scan; then the vector file is compacted if it is mostly dead."""
+    from vitkit.runtime.distributed import get_context
+
+    reporter = reporter or Reporter(quiet=True)
     scanned = discover_inputs(list(folders))
     items = apply_shard(scanned, shard)
     _report_problems(items, reporter)
@@ -153,29 +233,38 @@ def update_index(index: VectorIndex, task: EmbedTask, folders: Sequence[str], op
     plan = index.plan_update(list(states.values()))
     for path, reason in plan.hash_failures:
         reporter.input_failed(path, reason, "unreadable")
+    if plan.failed_unchanged:
+        reporter.message(f"{len(plan.failed_unchanged)} files failed before and have not changed; skipped "
+                         "(`vitkit index --failed` lists them)")
     known = index.known_paths()
     if plan.reusable:
-        index.add([(states[path], digest, None, None, None) for path, digest in plan.reusable])
+        index.add([Entry(states[path], digest) for path, digest in plan.reusable])
     # Files of other shards still exist: the sweep must only forget files gone from the folders.
-    seen = {os.path.abspath(i.path) for i in scanned if not i.problem} - {os.path.abspath(i.path) for i in items}
-    seen |= set(plan.unchanged) | {path for path, _ in plan.reusable}
+    other_shards = {os.path.abspath(i.path) for i in scanned if not i.problem} - {os.path.abspath(i.path) for i in items}
+    seen = other_shards | set(plan.unchanged) | {path for path, _ in plan.reusable}
+    failing = other_shards | set(plan.failed_unchanged)
     added = updated = 0
-    for batch in _embed_across_ranks(task, plan.to_embed, options, reporter):
-        entries = [(states[path], digest, vector, w, h) for path, digest, vector, w, h in batch if vector is not None]
-        index.add(entries)
-        done = {entry[0].path for entry in entries}
-        seen |= done
-        added += len(done - known)
-        updated += len(done & known)
-        failed += len(batch) - len(entries)
+    if plan.to_embed or get_context() is not None:  # rank 0 must always join the other ranks
+        for batch in _embed_across_ranks(get_task(), plan.to_embed, options, reporter):
+            done = [e for e in batch if e.vector is not None]
+            index.add([Entry(states[e.path], e.content_hash, e.vector, e.width, e.height) for e in done])
+            index.record_failures([Failure(e.path, states[e.path].size, states[e.path].mtime_ns, e.error or "failed")
+                                   for e in batch if e.vector is None])
+            paths = {e.path for e in done}
+            seen |= paths
+            failing |= {e.path for e in batch if e.vector is None}
+            added += len(paths - known)
+            updated += len(paths & known)
+            failed += len(batch) - len(done)
     # A file that failed now loses its stale vector too: it is not in `seen`.
-    removed = index.remove_missing(seen, [os.path.abspath(f) for f in folders if os.path.isdir(f)])
+    removed = index.remove_missing(seen, [os.path.abspath(f) for f in folders if os.path.isdir(f)], failing)
+    compacted = index.compact_if_mostly_dead()
     return IndexCounts(added, updated, len(plan.reusable), len(plan.unchanged), removed,
-                       failed + len(plan.hash_failures))
+                       failed + len(plan.hash_failures), len(plan.failed_unchanged), compacted)
 
 
 def _embed_across_ranks(task: EmbedTask, to_embed: Sequence[tuple[str, str]], options: RunOptions,
-                        reporter: Reporter) -> Iterator[list[tuple]]:
+                        reporter: Reporter) -> Iterator[list[_Embedded]]:
     """Rank 0's batches as they complete (committed as they come), then under torchrun the other
     ranks' batches once they are done; ranks take contiguous parts of `to_embed`."""
     from vitkit.runtime.distributed import get_context
@@ -190,7 +279,7 @@ def _embed_across_ranks(task: EmbedTask, to_embed: Sequence[tuple[str, str]], op
         yield from batches
 
 
-def _embed_for_main(context: "RankContext", task: EmbedTask, options: RunOptions, reporter: Reporter) -> None:
+def _embed_for_main(context: RankContext, task: EmbedTask, options: RunOptions, reporter: Reporter) -> None:
     """A rank other than 0: embed this rank's part of rank 0's plan and send the batches back."""
     to_embed = context.shard(context.broadcast(None))
     context.gather(list(_embed(task, to_embed, options, reporter)))
@@ -215,14 +304,17 @@ def _stat_all(items: list[InputItem], reporter: Reporter) -> dict[str, FileState
 
 
 def _embed(task: EmbedTask, to_embed: Sequence[tuple[str, str]], options: RunOptions,
-           reporter: Reporter) -> Iterator[list[tuple]]:
-    """Yield (path, hash, vector or None, width, height) in batches of the run's batch size."""
+           reporter: Reporter) -> Iterator[list[_Embedded]]:
+    """Each file's outcome, in batches of the run's batch size."""
+    from vitkit.runtime.runner import run
+
     digests = dict(to_embed)
-    batch: list[tuple] = []
+    batch: list[_Embedded] = []
     batch_size = options.batch_size_for(task.model.device)
     for record in run(task, [InputItem(path) for path, _ in to_embed], options, reporter):
         vector = record.fields.get("embedding") if record.ok else None
-        batch.append((record.path, digests[record.path], vector, record.width, record.height))
+        batch.append(_Embedded(record.path, digests[record.path], vector, record.width, record.height,
+                               None if record.ok else record.error))
         if len(batch) >= batch_size:
             yield batch
             batch = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -19,30 +18,14 @@ from vitkit.models.acceleration import available_cores
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.artifacts import OutputStage
 from vitkit.outputs.records import Record
+from vitkit.runtime.options import GPU_BATCH_FACTOR, RunOptions  # noqa: F401 (defined without torch; re-exported)
 from vitkit.runtime.report import Reporter
 from vitkit.tasks.base import Task
 
 
-# Without --batch-size a GPU gets this many times a command's CPU batch: a GPU needs big batches to
-# stay busy, and the out-of-memory back-off below halves them where memory is short.
-GPU_BATCH_FACTOR = 4
 # Threads that render and write task files; encoders and decoders release the GIL, so they overlap
 # with the model and with each other.
 MAX_OUTPUT_THREADS = 4
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    batch_size: int | None = None  # None: default_batch_size, scaled up on a GPU
-    workers: int | None = None  # None: a default suited to this machine
-    draft: bool = True  # reduced-scale JPEG decoding when the model input is much smaller than the image
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    default_batch_size: int = 16  # the command's own default on CPU
-
-    def batch_size_for(self, device: torch.device) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        return self.default_batch_size * (GPU_BATCH_FACTOR if device.type == "cuda" else 1)
 
 
 def run(task: Task, items: Sequence[InputItem], options: RunOptions = RunOptions(),

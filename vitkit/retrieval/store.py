@@ -1,0 +1,249 @@
+"""Reading an index folder (any number of readers, no lock); writer.py adds the one writer, holding the lock.
+
+An index folder holds:
+  index.sqlite   what each file is (see schema.py), in WAL mode so readers never wait for the writer
+  vectors.f16    the vector rows (see vectors.py)
+  index.lock     the writer's flock (see lock.py)
+
+Crash safety rests on one ordering: vector bytes are fsynced before the SQLite transaction that refers
+to their rows commits. A kill at any moment leaves either rows nothing refers to (harmless garbage) or
+a partial trailing row (truncated by the next writer), never a reference to bytes that are not there.
+Readers touch only rows their SQLite snapshot refers to, so they can search while a writer appends.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vitkit.errors import IndexError_, IndexModelMismatchError
+from vitkit.retrieval.exact import Hit, Snapshot, new_buffer, search_snapshot
+from vitkit.retrieval.plan import FileState
+from vitkit.retrieval.schema import (
+    DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, no_index, open_error,
+    read_meta, reference_for_key, transaction,
+)
+from vitkit.retrieval.vectors import VECTOR_DTYPE, map_vectors, normalised, vectors_file_name
+
+if TYPE_CHECKING:
+    import torch
+
+_SNAPSHOT_TRIES = 3
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file's row: the file as it was when indexed, its content hash, and (when adding) its vector."""
+
+    state: FileState
+    content_hash: str
+    vector: np.ndarray | None = None  # (D,); None reuses the vector stored for content_hash
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file the model could not use, as it was when it failed; skipped until its size or mtime changes."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    files: int
+    vectors: int  # stored vectors, one per distinct content (including ones kept for reuse until compact)
+    dim: int
+    model_key: str
+    bytes_on_disk: int
+    dead_vectors: int = 0  # rows of the vector file no file refers to; compact() drops them
+
+
+def open_reader(folder: str | Path, model_key: str | None = None, model_ref: str | None = None) -> IndexReader:
+    """Open for searching, without the lock: a writer may be adding to the index meanwhile. With
+    `model_key`, an index made by another model is refused (`model_ref` names the asking model)."""
+    folder = Path(folder)
+    if not (folder / DB_NAME).is_file():
+        raise no_index(folder)
+    conn = None
+    try:
+        conn = connect(folder / DB_NAME, readonly=True)
+        with transaction(conn, "BEGIN"):
+            if check_version(conn, folder) == 0:
+                raise no_index(folder)  # a writer died before finishing the first transaction
+            meta = read_meta(conn, folder)
+    except BaseException as e:
+        if conn is not None:
+            conn.close()
+        if isinstance(e, sqlite3.DatabaseError):
+            raise open_error(folder, e) from e
+        raise
+    index = IndexReader(folder, conn, meta)
+    if model_key is not None and model_key != meta.model_key:
+        index.close()
+        raise mismatch(folder, meta, model_key, None, model_ref, "search")
+    return index
+
+
+def mismatch(folder: Path, meta: Meta, model_key: str, dim: int | None, model_ref: str | None,
+             verb: str) -> IndexModelMismatchError:
+    """The message names the vector spaces; the hint names a --model value that works for the index."""
+    same_key = meta.model_key == model_key
+    old = f"{meta.model_key} (dim {meta.dim})" if same_key else meta.model_key
+    new = f"{model_key} (dim {dim})" if same_key else model_key
+    ref = meta.model_ref or reference_for_key(meta.model_key)
+    use_old = f"{verb} with --model {ref} (model={ref!r} in Python), " if ref != model_ref and not same_key else ""
+    return IndexModelMismatchError(
+        f"index {folder} was built with {old}, not {new}",
+        hint=f"{use_old}pass --rebuild (rebuild=True) to re-embed everything with the new model, "
+             f"or use another --index DIR (index_dir=) for a separate index")
+
+
+class IndexReader:
+    """One committed view of an index after another: each search sees the latest commit. Not for
+    concurrent use from several threads; open one per thread instead."""
+
+    def __init__(self, folder: Path, conn: sqlite3.Connection, meta: Meta) -> None:
+        self.folder = folder
+        self._conn = conn
+        self._meta = meta
+        self._snapshot_cache: Snapshot | None = None
+        self._buffer: torch.Tensor | None = None
+
+    @property
+    def model_key(self) -> str:
+        return self._meta.model_key
+
+    @property
+    def dim(self) -> int:
+        return self._meta.dim
+
+    @property
+    def model_ref(self) -> str:
+        """A --model value that names the model that built the index (its alias or folder)."""
+        return self._meta.model_ref or reference_for_key(self._meta.model_key)
+
+    def search(self, queries: np.ndarray, k: int = 10, threshold: float | None = None,
+               under: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Exact cosine search: for each query (row of (Q, D), or one (D,) vector) its k best files,
+        best first. Files sharing content are separate hits; `under` keeps files inside those folders."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        q = normalised(np.atleast_2d(queries), self.dim)
+        snapshot = self._snapshot()
+        if snapshot.paths:
+            self._buffer = new_buffer(len(snapshot.paths), self.dim, self._buffer)
+        return search_snapshot(snapshot, q, k, threshold, under, self._buffer)
+
+    def _snapshot(self) -> Snapshot:
+        # data_version changes whenever another connection commits, so a long-lived reader still sees
+        # new rows; a writer's own commits reset the cache instead.
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._snapshot_cache is None or self._snapshot_cache.data_version != version:
+            self._snapshot_cache = self._load_snapshot(version)
+        return self._snapshot_cache
+
+    def _load_snapshot(self, version: int) -> Snapshot:
+        for _ in range(_SNAPSHOT_TRIES):
+            with transaction(self._conn, "BEGIN"):  # meta and rows from one committed state
+                meta = read_meta(self._conn, self.folder)
+                pairs = self._conn.execute("SELECT path, row FROM files ORDER BY path").fetchall()
+            if (meta.model_key, meta.dim) != (self.model_key, self.dim):
+                raise IndexModelMismatchError(f"index {self.folder} was rebuilt with {meta.model_key} while open",
+                                              hint="open it again")
+            try:
+                vectors = map_vectors(self.folder / vectors_file_name(meta.generation), self.dim)
+            except FileNotFoundError:
+                continue  # a rebuild or compact replaced the file after our snapshot; take a new one
+            rows = np.fromiter((row for _, row in pairs), dtype=np.int64, count=len(pairs))
+            if len(rows) and rows.max() >= len(vectors):
+                raise damaged(self.folder, f"row {rows.max()} is in use but the vector file has {len(vectors)} rows")
+            return Snapshot(version, [path for path, _ in pairs], rows, np.argsort(rows, kind="stable"), vectors)
+        raise damaged(self.folder, "its vector file keeps disappearing")
+
+    def stats(self) -> IndexStats:
+        with transaction(self._conn, "BEGIN"):
+            meta = read_meta(self._conn, self.folder)
+            files = self._conn.execute("SELECT count(*) FROM files").fetchone()[0]
+            vectors = self._conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
+            live = self._conn.execute("SELECT count(DISTINCT row) FROM files").fetchone()[0]
+        names = (DB_NAME, DB_NAME + "-wal", vectors_file_name(meta.generation))
+        sizes = {name: (self.folder / name).stat().st_size for name in names if (self.folder / name).exists()}
+        rows = sizes.get(vectors_file_name(meta.generation), 0) // (meta.dim * VECTOR_DTYPE.itemsize)
+        return IndexStats(files, vectors, meta.dim, meta.model_key, sum(sizes.values()), max(rows - live, 0))
+
+    def known_paths(self) -> set[str]:
+        return {path for (path,) in self._conn.execute("SELECT path FROM files")}
+
+    def stored_states(self, paths: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, content_hash) for the given paths that the index holds."""
+        found: dict[str, tuple[int, int, str]] = {}
+        for batch in batches(paths):
+            marks = ",".join("?" * len(batch))
+            query = f"SELECT path, size, mtime_ns, content_hash FROM files WHERE path IN ({marks})"
+            found.update((path, (size, mtime, digest)) for path, size, mtime, digest in self._conn.execute(query, batch))
+        return found
+
+    def stored_entries(self, paths: Sequence[str]) -> dict[str, tuple[Entry, int]]:
+        """path -> (entry without vector, vector row) for the given paths that the index holds."""
+        found: dict[str, tuple[Entry, int]] = {}
+        for batch in batches(paths):
+            marks = ",".join("?" * len(batch))
+            query = f"SELECT path, size, mtime_ns, content_hash, width, height, row FROM files WHERE path IN ({marks})"
+            for path, size, mtime_ns, digest, width, height, row in self._conn.execute(query, batch):
+                found[path] = (Entry(FileState(path, size, mtime_ns), digest, None, width, height), row)
+        return found
+
+    def rows_for_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for batch in batches(hashes):
+            marks = ",".join("?" * len(batch))
+            found.update(self._conn.execute(f"SELECT content_hash, row FROM vectors WHERE content_hash IN ({marks})",
+                                            batch))
+        return found
+
+    def remembered_failures(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """path -> (size, mtime_ns) as it was when it failed, for the given paths."""
+        if not has_failures_table(self._conn):
+            return {}
+        found: dict[str, tuple[int, int]] = {}
+        for batch in batches(paths):
+            marks = ",".join("?" * len(batch))
+            query = f"SELECT path, size, mtime_ns FROM failures WHERE path IN ({marks})"
+            found.update((path, (size, mtime)) for path, size, mtime in self._conn.execute(query, batch))
+        return found
+
+    def failures(self) -> list[Failure]:
+        """Every remembered failure, by path."""
+        if not has_failures_table(self._conn):
+            return []
+        query = "SELECT path, size, mtime_ns, reason FROM failures ORDER BY path"
+        return [Failure(*row) for row in self._conn.execute(query)]
+
+    def close(self) -> None:
+        self._conn.close()
+        self._snapshot_cache = None
+        self._buffer = None
+
+    def __enter__(self) -> IndexReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def index_exists(folder: str | Path) -> bool:
+    """Whether the folder holds a finished index (a writer may still be creating one)."""
+    try:
+        open_reader(folder).close()
+    except IndexError_:  # no index, not an index, newer schema: opening it to write says which
+        return False
+    return True
