@@ -131,11 +131,11 @@ def test_batched_captions_equal_one_at_a_time(tiny_coca_dir: Path, decoding: lis
     assert len({r["caption"] for r in batched if "caption" in r}) > 1  # images get different captions
 
 
-def test_end_to_end_with_broken_files(tiny_coca_dir: Path, tmp_path: Path) -> None:
-    code, records, stderr = caption_cli(str(SAMPLE_DATA), "--model", str(tiny_coca_dir))
+def test_end_to_end_with_broken_files(tiny_coca_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
+    code, records, stderr = caption_cli(str(mixed_samples), "--model", str(tiny_coca_dir))
     assert code == 1 and "3 of 9 inputs failed" in stderr
     expected_order = sorted([*GOOD_SAMPLES, *(f"broken/{n}" for n in BROKEN_SAMPLES)])
-    assert [os.path.relpath(r["path"], SAMPLE_DATA) for r in records] == expected_order
+    assert [os.path.relpath(r["path"], mixed_samples) for r in records] == expected_order
     for record in records:
         if "broken" in record["path"]:
             assert set(record) == {"path", "error"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import BROKEN_SAMPLES, SAMPLE_DATA
+from tests.conftest import BROKEN_SAMPLES, SAMPLE_DATA, SAMPLE_ERRORS
 from vitkit.errors import UsageError
 from vitkit.outputs.html import Tile, render_contact_sheet, write_contact_sheet
 
@@ -164,7 +164,7 @@ def test_error_tiles_show_the_error_instead_of_a_thumbnail(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", BROKEN_SAMPLES)
 def test_broken_file_gets_a_no_preview_tile(tmp_path: Path, name: str) -> None:
-    tiles = [Tile(str(SAMPLE_DATA / "broken" / name)), Tile(str(tmp_path / "missing.jpg"))]
+    tiles = [Tile(str(SAMPLE_ERRORS / name)), Tile(str(tmp_path / "missing.jpg"))]
     page = write_sheet(tmp_path, tiles)
 
     summary = summarise(page)

@@ -58,7 +58,8 @@ def test_probabilities_match_open_clip(tiny_open_clip_dir: Path, template_args: 
         assert [p["label"] for p in record["predictions"]] == [LABELS[i] for i in np.argsort(-expected, kind="stable")]
 
 
-def test_label_set_is_encoded_once_per_run(tiny_open_clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_label_set_is_encoded_once_per_run(tiny_open_clip_dir: Path, mixed_samples: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import open_clip
 
     calls = []
@@ -69,16 +70,16 @@ def test_label_set_is_encoded_once_per_run(tiny_open_clip_dir: Path, monkeypatch
         return original(self, text, normalize=normalize)
 
     monkeypatch.setattr(open_clip.CLIP, "encode_text", counting)
-    result = runner.invoke(app, ["label", str(SAMPLE_DATA), "--model", str(tiny_open_clip_dir),
+    result = runner.invoke(app, ["label", str(mixed_samples), "--model", str(tiny_open_clip_dir),
                                  "--labels", "cat,dog", "--template", "a {}", "-b", "1"])
     assert result.exit_code == 1  # the broken samples
     assert sum(calls) == 2  # two labels x one template, however many images and batches
 
 
-def test_labels_file_multi_label_and_errors(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
+def test_labels_file_multi_label_and_errors(tiny_open_clip_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("# animals\ncat\ndog\n\nrocket\n")
-    result = runner.invoke(app, ["label", str(SAMPLE_DATA), "--model", str(tiny_open_clip_dir),
+    result = runner.invoke(app, ["label", str(mixed_samples), "--model", str(tiny_open_clip_dir),
                                  "--labels-file", str(labels), "--multi-label", "--threshold", "-1"])
     records = parse_jsonl(result.stdout)
     assert len(records) == 9 and sum("error" in r for r in records) == 3
