@@ -45,7 +45,8 @@ def eval_detect(
     from vitkit.runtime.report import Reporter
     from vitkit.runtime.runner import RunOptions
     from vitkit.tasks.detect import DetectOptions, DetectTask
-    from vitkit.outputs.writers import resolve_format, write_listing
+    from vitkit.evaluation.report import evaluation_warnings, write_evaluation
+    from vitkit.outputs.writers import resolve_format
 
     refuse_launch("eval detect", "run it as one process; `vitkit detect` runs under torchrun")
 
@@ -55,10 +56,7 @@ def eval_detect(
     reporter = Reporter(quiet=quiet)
     run_options = RunOptions(batch_size, workers, not no_draft, default_batch_size=4)
     result = evaluate_detector(task, ground_truth, images_dir, run_options, reporter)
-    if result.unmatched_labels:
-        reporter.message(f"warning: {len(result.unmatched_labels)} model labels match no ground-truth category")
-    m = result.metrics
-    row = {"ap": m.ap, "ap50": m.ap50, "ap75": m.ap75, "images": m.num_images, "detections": m.num_detections,
-           "failed": result.failed_images, "per_category_ap": m.per_category_ap}
-    write_listing([row], tuple(row), resolve_format(format, None))
+    for warning in evaluation_warnings(result):
+        reporter.message(warning)
+    write_evaluation(result, resolve_format(format, None))
     raise typer.Exit(EXIT_SOME_INPUTS_FAILED if result.failed_images else EXIT_OK)
