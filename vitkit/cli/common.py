@@ -167,7 +167,7 @@ class ContactSheetSink:
 
 
 def write_sheet(path: str, records: list[dict], layout: "RecordLayout", subtitle: str) -> None:
-    from vitkit.outputs.html import Tile, write_contact_sheet
+    from vitkit.outputs.html import tile_for_record, write_contact_sheet
 
-    tiles = [Tile(r["path"], () if "error" in r else (layout.describe(r),), r.get("error")) for r in records]
+    tiles = [tile_for_record(r, layout.describe) for r in records]
     write_contact_sheet(path, tiles, title="vitkit results", subtitle=subtitle)
