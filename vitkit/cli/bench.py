@@ -10,6 +10,7 @@ from vitkit.cli import options as o
 
 Images = Annotated[int, typer.Option("--images", "-n", min=1, help="How many JPEGs to generate and run end to end.")]
 Size = Annotated[str, typer.Option("--size", metavar="WxH", help="Pixel size of the generated JPEGs.")]
+Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Timed passes of each kind after a warm-up; the median is reported with its min-max spread.")]
 
 
 def bench(
@@ -19,6 +20,7 @@ def bench(
     batch_size: o.BatchSize = None,
     images: Images = 64,
     size: Size = "1920x1080",
+    repeats: Repeats = 3,
     workers: o.Workers = None,
     no_draft: o.NoDraft = False,
     offline: o.Offline = False,
@@ -30,15 +32,15 @@ def bench(
 
     Example: vitkit bench --model vit-s16 --batch-size 32 --images 128 --size 4000x3000
     """
-    from vitkit.runtime.bench import COLUMNS, BenchOptions, parse_size, run_bench  # torch loads here
+    from vitkit.runtime.bench import BenchOptions, parse_size, run_bench, write_bench  # torch loads here
     from vitkit.runtime.distributed import refuse_launch
     from vitkit.runtime.report import Reporter
     from vitkit.runtime.runner import RunOptions
-    from vitkit.outputs.writers import resolve_format, write_listing
+    from vitkit.outputs.writers import resolve_format
 
     refuse_launch("bench", "run it as one process, once per GPU with --device cuda:N")
 
     options = BenchOptions(model, device, precision, batch_size, images, parse_size(size),
-                           RunOptions(batch_size, workers, not no_draft), offline, compile_model)
+                           RunOptions(batch_size, workers, not no_draft), offline, compile_model, repeats=repeats)
     result = run_bench(options, Reporter(quiet=quiet))
-    write_listing([result.to_row()], COLUMNS, resolve_format(format, None))
+    write_bench(result, resolve_format(format, None))
