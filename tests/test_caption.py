@@ -196,6 +196,17 @@ def test_sidecar_collision_is_an_error_not_an_overwrite(tiny_coca_dir: Path, tmp
     error = by_name["cat.png"]["error"]
     assert "cat.txt" in error and "cat.jpg" in error and "\n" not in error
     assert (tmp_path / "cat.txt").read_text(encoding="utf-8") == by_name["cat.jpg"]["caption"] + "\n"
+    assert "1 of 2 inputs failed (1 sidecar clash)" in stderr  # its own kind in the summary, not "missing"
+
+
+def test_sidecar_clashes_are_their_own_kind_of_failure(tmp_path: Path) -> None:
+    from vitkit.tasks.caption import plan_sidecars
+    from vitkit.inputs.discover import InputItem
+
+    items = [InputItem(str(tmp_path / n)) for n in ("cat.jpg", "cat.png")] + [InputItem(str(tmp_path / "gone.jpg"), "no such file")]
+    planned = plan_sidecars(items, overwrite=True).items
+    assert planned[0].problem is None
+    assert [(i.path, i.problem_kind) for i in planned[1:]] == [(items[1].path, "sidecar clash"), (items[2].path, "missing")]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -130,3 +130,22 @@ def test_siglip_style_bias_gives_sigmoid_probabilities(tiny_open_clip_dir: Path,
     got = {p["label"]: p["score"] for p in preds}
     np.testing.assert_allclose([got["cat"], got["dog"]], expected.numpy(), atol=1e-5)
     shutil.rmtree(folder)
+
+
+def test_unknown_template_set_lists_the_built_in_ones(tiny_open_clip_dir: Path) -> None:
+    result = runner.invoke(app, ["label", str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_open_clip_dir),
+                                 "--labels", "cat,dog", "--templates", "imagenet81"])
+    assert result.exit_code == 2
+    assert "--templates imagenet81: not a built-in template set and not a file" in result.stderr
+    assert "imagenet7, imagenet80, none" in result.stderr and "No such file" not in result.stderr
+
+
+def test_a_single_label_with_softmax_is_refused_and_multi_label_scores_it(tiny_open_clip_dir: Path) -> None:
+    base = ["label", str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_open_clip_dir), "--labels", "cat"]
+    refused = runner.invoke(app, base)
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert "scores 1.0 on every image" in refused.stderr and "--multi-label" in refused.stderr
+    scored = runner.invoke(app, [*base, "--multi-label", "--threshold", "-1"])
+    assert scored.exit_code == 0, scored.stderr
+    [prediction] = parse_jsonl(scored.stdout)[0]["predictions"]
+    assert prediction["label"] == "cat" and -1 <= prediction["score"] < 1  # a cosine, not a softmax's 1.0
