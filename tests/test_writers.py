@@ -144,3 +144,19 @@ def test_search_table_has_rank_path_score_columns(monkeypatch: pytest.MonkeyPatc
     lines = render_on_terminal(hits, SEARCH_LAYOUT, 80, monkeypatch)
     assert lines[0].split() == ["rank", "path", "score"]
     assert [line.split() for line in lines[2:]] == [["1", "photos/cat.jpg", "0.186"], ["2", "photos/dog.jpg", "0.100"]]
+
+
+def test_classify_to_a_txt_file_is_a_usage_error_unless_the_format_is_named(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tests.conftest import SAMPLE_DATA
+    from vitkit.cli import app
+
+    target = tmp_path / "x.txt"
+    args = ["classify", str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_timm_dir), "-o", str(target)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and not target.exists()
+    assert "unknown output extension '.txt'" in refused.stderr and ".csv, .json, .jsonl, .ndjson" in refused.stderr
+    table = CliRunner().invoke(app, [*args, "--format", "table"])
+    assert table.exit_code == 0, table.stderr
+    assert re.search(r"chelsea\.jpg\s+\d\.\d\d  \S", target.read_text())
