@@ -160,3 +160,16 @@ def test_classify_to_a_txt_file_is_a_usage_error_unless_the_format_is_named(tiny
     table = CliRunner().invoke(app, [*args, "--format", "table"])
     assert table.exit_code == 0, table.stderr
     assert re.search(r"chelsea\.jpg\s+\d\.\d\d  \S", target.read_text())
+
+
+def test_layouts_without_ranked_items_keep_their_own_description(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Semantic segments carry a label and a null score: the table shows the task's area summary instead."""
+    from vitkit.tasks.segment import SEGMENT_LAYOUT
+
+    record = {"path": "a.png", "width": 10, "height": 10, "mask": None, "overlay": None,
+              "segments": [{"id": 3, "label": "sky", "score": None, "area": 60, "box": [0, 0, 9, 5]}]}
+    lines = render_on_terminal([record], SEGMENT_LAYOUT, 80, monkeypatch)
+    assert re.search(r"^a\.png\s+sky 60\.0%$", lines[2].rstrip())
+    empty = render_on_terminal([{"path": "b.jpg", "width": 1, "height": 1, "detections": []}], DETECT_LAYOUT, 80,
+                               monkeypatch)
+    assert re.search(r"^b\.jpg\s+\(nothing\)$", empty[2].rstrip())

@@ -136,23 +136,16 @@ def table_console(stream: IO[str]) -> Console:
 TABLE_ITEMS = 5
 
 
-def scored_items(record: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The record's ranked `{label, score}` list (classify and label predictions, detections), if it has one."""
-    for value in record.values():
-        if isinstance(value, list) and value and all(isinstance(v, dict) and "label" in v and "score" in v
-                                                     for v in value):
-            return value
-    return None
-
-
 def result_cell(record: dict[str, Any], layout: RecordLayout) -> Text:
     """One line per label, score first so the scores line up; long labels end in "…" rather than
     wrapping into the next label's line."""
     if "error" in record:
         return Text("error: " + printable(record["error"]), style="red")
-    items = scored_items(record)
-    if items is None:
+    if layout.table_items is None:
         return Text(printable(layout.describe(record)))
+    items = record.get(layout.table_items) or []
+    if not items:
+        return Text(printable(layout.describe(record)))  # the task's own words for nothing found
     lines = [f"{item['score']:.2f}  {printable(str(item['label']))}" for item in items[:TABLE_ITEMS]]
     if len(items) > TABLE_ITEMS:
         lines.append(f"… and {len(items) - TABLE_ITEMS} more")

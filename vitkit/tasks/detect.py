@@ -30,6 +30,7 @@ DETECT_LAYOUT = RecordLayout(
     csv_columns=("path", "width", "height", "rank", "label", "class_id", "score", "box", "error"),
     csv_rows=explode_rows("detections", ("label", "class_id", "score", "box")),
     describe=_describe,
+    table_items="detections",
 )
 
 

@@ -80,6 +80,7 @@ LABEL_LAYOUT = RecordLayout(
     csv_columns=("path", "width", "height", "rank", "label", "score", "error"),
     csv_rows=explode_rows("predictions", ("label", "score")),
     describe=_describe,
+    table_items="predictions",
 )
 
 
