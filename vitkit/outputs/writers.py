@@ -176,11 +176,11 @@ class TableWriter:
     def write(self, record: dict[str, Any]) -> None:
         if not self.layout.table_columns:
             self.table.add_row(Text(printable(record["path"])), result_cell(record, self.layout))
-        elif "error" in record:
-            self.table.add_row(*("" if c != "path" else Text(printable(record["path"])) for c in self.layout.table_columns[:-1]),
-                               Text("error: " + printable(record["error"]), style="red"))
-        else:
-            self.table.add_row(*(Text(table_value(record.get(c))) for c in self.layout.table_columns))
+            return
+        cells = [Text(table_value(record.get(column))) for column in self.layout.table_columns]
+        if "error" in record:
+            cells[-1] = Text("error: " + printable(record["error"]), style="red")
+        self.table.add_row(*cells)
 
     def close(self) -> None:
         self.console.print(self.table)
