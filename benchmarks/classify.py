@@ -218,8 +218,8 @@ def measure_in_process(args: argparse.Namespace, model_dir: Path, paths: list[st
             loaded = load_model(resolve(str(model_dir), CLASSIFY), CLASSIFY, "cpu", precision)
             task = ClassifyTask(loaded, top_k=TOP_K)
             sample = preprocess_one(task, paths[0], True)
-            result.model_only = statistics.median(time_model_only(task, sample, args.batch_size, len(paths))
-                                                  for _ in range(args.repeats))
+            result.model_only = statistics.median(time_model_only(task, sample, args.batch_size, len(paths),
+                                                                  args.repeats))
             consume_records(run(task, items[:args.batch_size], options))  # warm-up
             result.end_to_end = statistics.median(
                 len(paths) / timed(lambda: consume_records(run(task, items, options))) for _ in range(args.repeats))

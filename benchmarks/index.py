@@ -109,7 +109,7 @@ def measure_in_process(args: argparse.Namespace, model_dir: Path, paths: list[st
     loaded = load_model(resolve(str(model_dir), EMBED), EMBED, "cpu", args.precision)
     task = EmbedTask(loaded)
     sample = preprocess_one(task, paths[0], True)
-    model_only = statistics.median(time_model_only(task, sample, args.batch_size, len(paths)) for _ in range(args.repeats))
+    model_only = statistics.median(time_model_only(task, sample, args.batch_size, len(paths), args.repeats))
     items, options = [InputItem(p) for p in paths], RunOptions(batch_size=args.batch_size)
     consume(run(task, items[:args.batch_size], options))  # warm-up
     end_to_end = statistics.median(len(paths) / timed(lambda: consume(run(task, items, options)))

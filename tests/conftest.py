@@ -14,7 +14,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_ROOT / "sample_data"
 GOOD_SAMPLES = sorted(p.name for p in SAMPLE_DATA.glob("*.jpg"))
-BROKEN_SAMPLES = sorted(p.name for p in (SAMPLE_DATA / "broken").glob("*.jpg"))
+# Deliberately bad files live beside sample_data/, not in it, so the README's first command runs clean.
+SAMPLE_ERRORS = REPO_ROOT / "sample_errors"
+BROKEN_SAMPLES = sorted(p.name for p in SAMPLE_ERRORS.glob("*.jpg"))
+
+
+def copy_mixed_samples(target: Path) -> Path:
+    """sample_data's photos with the broken samples in a `broken/` subfolder: one folder of good and bad files."""
+    shutil.copytree(SAMPLE_DATA, target)
+    shutil.copytree(SAMPLE_ERRORS, target / "broken", ignore=shutil.ignore_patterns("*.md"))
+    return target
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -64,10 +73,14 @@ def tiny_timm_labelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
-    """A copy of sample_data (good photos and broken files) that tests may change freely."""
-    target = tmp_path / "photos"
-    shutil.copytree(SAMPLE_DATA, target)
-    return target
+    """A copy of the photos with the broken samples in `broken/` that tests may change freely."""
+    return copy_mixed_samples(tmp_path / "photos")
+
+
+@pytest.fixture(scope="session")
+def mixed_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same mixed folder, shared read-only by the tests that only scan it."""
+    return copy_mixed_samples(tmp_path_factory.mktemp("mixed") / "samples")
 
 
 def parse_jsonl(text: str) -> list[dict]:

@@ -131,11 +131,11 @@ def test_batched_captions_equal_one_at_a_time(tiny_coca_dir: Path, decoding: lis
     assert len({r["caption"] for r in batched if "caption" in r}) > 1  # images get different captions
 
 
-def test_end_to_end_with_broken_files(tiny_coca_dir: Path, tmp_path: Path) -> None:
-    code, records, stderr = caption_cli(str(SAMPLE_DATA), "--model", str(tiny_coca_dir))
+def test_end_to_end_with_broken_files(tiny_coca_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
+    code, records, stderr = caption_cli(str(mixed_samples), "--model", str(tiny_coca_dir))
     assert code == 1 and "3 of 9 inputs failed" in stderr
     expected_order = sorted([*GOOD_SAMPLES, *(f"broken/{n}" for n in BROKEN_SAMPLES)])
-    assert [os.path.relpath(r["path"], SAMPLE_DATA) for r in records] == expected_order
+    assert [os.path.relpath(r["path"], mixed_samples) for r in records] == expected_order
     for record in records:
         if "broken" in record["path"]:
             assert set(record) == {"path", "error"}
@@ -196,6 +196,17 @@ def test_sidecar_collision_is_an_error_not_an_overwrite(tiny_coca_dir: Path, tmp
     error = by_name["cat.png"]["error"]
     assert "cat.txt" in error and "cat.jpg" in error and "\n" not in error
     assert (tmp_path / "cat.txt").read_text(encoding="utf-8") == by_name["cat.jpg"]["caption"] + "\n"
+    assert "1 of 2 inputs failed (1 sidecar clash)" in stderr  # its own kind in the summary, not "missing"
+
+
+def test_sidecar_clashes_are_their_own_kind_of_failure(tmp_path: Path) -> None:
+    from vitkit.tasks.caption import plan_sidecars
+    from vitkit.inputs.discover import InputItem
+
+    items = [InputItem(str(tmp_path / n)) for n in ("cat.jpg", "cat.png")] + [InputItem(str(tmp_path / "gone.jpg"), "no such file")]
+    planned = plan_sidecars(items, overwrite=True).items
+    assert planned[0].problem is None
+    assert [(i.path, i.problem_kind) for i in planned[1:]] == [(items[1].path, "sidecar clash"), (items[2].path, "missing")]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl, run_vitkit
+from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, SAMPLE_ERRORS, parse_jsonl, run_vitkit
 from vitkit.cli import app
 
 runner = CliRunner()
@@ -23,11 +23,11 @@ def invoke(*args: str, input: str | None = None):
     return runner.invoke(app, list(args), input=input)
 
 
-def test_jsonl_one_line_per_image_in_order_with_errors(tiny_timm_dir: Path) -> None:
-    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--format", "jsonl", "-k", "3")
+def test_jsonl_one_line_per_image_in_order_with_errors(tiny_timm_dir: Path, mixed_samples: Path) -> None:
+    result = invoke("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "--format", "jsonl", "-k", "3")
     records = parse_jsonl(result.stdout)
     expected = sorted([f"broken/{n}" for n in BROKEN_SAMPLES]) + GOOD_SAMPLES
-    assert [os.path.relpath(r["path"], SAMPLE_DATA) for r in records] == sorted(expected)
+    assert [os.path.relpath(r["path"], mixed_samples) for r in records] == sorted(expected)
     for record in records:
         if os.path.basename(os.path.dirname(record["path"])) == "broken":
             assert set(record) == {"path", "error"} and record["error"]
@@ -46,7 +46,7 @@ def test_jsonl_one_line_per_image_in_order_with_errors(tiny_timm_dir: Path) -> N
 
 
 def test_error_reasons_name_the_problem(tiny_timm_dir: Path) -> None:
-    result = invoke("classify", str(SAMPLE_DATA / "broken"), "--model", str(tiny_timm_dir))
+    result = invoke("classify", str(SAMPLE_ERRORS), "--model", str(tiny_timm_dir))
     errors = {Path(r["path"]).name: r["error"] for r in parse_jsonl(result.stdout)}
     assert errors["empty.jpg"] == "empty file (0 bytes)"
     assert "truncated" in errors["truncated.jpg"]
@@ -86,8 +86,8 @@ def test_labels_file_for_custom_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "table"])
-def test_other_formats(tiny_timm_dir: Path, fmt: str) -> None:
-    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--format", fmt, "-k", "2")
+def test_other_formats(tiny_timm_dir: Path, mixed_samples: Path, fmt: str) -> None:
+    result = invoke("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "--format", fmt, "-k", "2")
     assert result.exit_code == 1
     if fmt == "json":
         records = json.loads(result.stdout)
@@ -100,16 +100,16 @@ def test_other_formats(tiny_timm_dir: Path, fmt: str) -> None:
         assert "chelsea.jpg" in result.stdout and "error: empty file" in result.stdout
 
 
-def test_output_file_and_format_from_extension(tiny_timm_dir: Path, tmp_path: Path) -> None:
+def test_output_file_and_format_from_extension(tiny_timm_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--output", str(out))
+    result = invoke("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "--output", str(out))
     assert result.stdout == ""
     assert len(json.loads(out.read_text())) == 9
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
 
 
 def test_files_from_stdin_and_nul_separated(tiny_timm_dir: Path, tmp_path: Path) -> None:
-    paths = [str(SAMPLE_DATA / "rocket.jpg"), str(SAMPLE_DATA / "broken" / "empty.jpg"), str(SAMPLE_DATA / "coffee.jpg")]
+    paths = [str(SAMPLE_DATA / "rocket.jpg"), str(SAMPLE_ERRORS / "empty.jpg"), str(SAMPLE_DATA / "coffee.jpg")]
     result = invoke("classify", "--files-from", "-", "--model", str(tiny_timm_dir), input="\n".join(paths) + "\n")
     assert [r["path"] for r in parse_jsonl(result.stdout)] == paths
     listing = tmp_path / "list.bin"
@@ -160,8 +160,8 @@ def test_every_command_has_help_with_an_example() -> None:
         assert "Example" in result.stdout or args == ["models", "--help"], args
 
 
-def test_real_subprocess_jsonl_and_exit_code(tiny_timm_dir: Path) -> None:
-    proc = run_vitkit("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "-k", "1", "--workers", "2")
+def test_real_subprocess_jsonl_and_exit_code(tiny_timm_dir: Path, mixed_samples: Path) -> None:
+    proc = run_vitkit("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "-k", "1", "--workers", "2")
     assert proc.returncode == 1
     records = parse_jsonl(proc.stdout)  # piped stdout: JSONL by default, nothing else on it
     assert len(records) == 9

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_DATA, parse_jsonl
+from conftest import SAMPLE_ERRORS, copy_mixed_samples, parse_jsonl
 
 BATCH = ("--batch-size", "1", "--workers", "0")
 
@@ -40,10 +40,9 @@ def torchrun(*args: str, input: str | None = None, timeout: float = 300) -> subp
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sample_data plus one more broken file sorting last, so both torchrun ranks meet broken files."""
-    target = tmp_path_factory.mktemp("dist") / "photos"
-    shutil.copytree(SAMPLE_DATA, target)
-    shutil.copy(SAMPLE_DATA / "broken" / "truncated.jpg", target / "zz_truncated.jpg")
+    """The mixed samples plus one more broken file sorting last, so both torchrun ranks meet broken files."""
+    target = copy_mixed_samples(tmp_path_factory.mktemp("dist") / "photos")
+    shutil.copy(SAMPLE_ERRORS / "truncated.jpg", target / "zz_truncated.jpg")
     return target
 
 

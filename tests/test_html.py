@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import BROKEN_SAMPLES, SAMPLE_DATA
+from tests.conftest import BROKEN_SAMPLES, SAMPLE_DATA, SAMPLE_ERRORS
 from vitkit.errors import UsageError
-from vitkit.outputs.html import Tile, render_contact_sheet, write_contact_sheet
+from vitkit.outputs.html import Tile, render_contact_sheet, tile_for_record, write_contact_sheet
 
 # "/" cannot be part of a POSIX file name, so this one is a folder "<script>alert(1)<" holding "script>.jpg";
 # SCRIPT_NAME is the nearest name one file can really have, and still opens a script element if left unescaped.
@@ -164,7 +164,7 @@ def test_error_tiles_show_the_error_instead_of_a_thumbnail(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", BROKEN_SAMPLES)
 def test_broken_file_gets_a_no_preview_tile(tmp_path: Path, name: str) -> None:
-    tiles = [Tile(str(SAMPLE_DATA / "broken" / name)), Tile(str(tmp_path / "missing.jpg"))]
+    tiles = [Tile(str(SAMPLE_ERRORS / name)), Tile(str(tmp_path / "missing.jpg"))]
     page = write_sheet(tmp_path, tiles)
 
     summary = summarise(page)
@@ -300,3 +300,58 @@ def test_chromium_renders_the_sheet_safely(tmp_path: Path, browser_sheet: tuple[
     assert len(colours) > 256  # the gradient thumbnail alone has hundreds; a blank page has a handful
     magenta = sum(count for count, (r, g, b) in colours if r > 200 and g < 60 and b > 200)
     assert magenta > 1000  # the data: thumbnail really rendered under the page's Content-Security-Policy
+
+
+def close_to(pixel: tuple[int, ...], colour: tuple[int, int, int], tolerance: int = 40) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour))
+
+
+def test_detection_boxes_are_drawn_on_the_thumbnail_at_its_scale(tmp_path: Path) -> None:
+    """A box given in full-size pixels lands on the same spot of the 192 px thumbnail, in its class colour."""
+    from vitkit.outputs.boxes import colour_for
+
+    photo = tmp_path / "grey.jpg"
+    Image.new("RGB", (1000, 500), (128, 128, 128)).save(photo, quality=95)
+    record = {"path": str(photo), "width": 1000, "height": 500,
+              "detections": [{"label": "cat", "class_id": 3, "score": 0.9, "box": [500, 250, 900, 450]}]}
+    tile = tile_for_record(record, lambda r: "cat 0.90")
+    assert tile.lines == ("cat 0.90",) and tile.boxes == tuple(record["detections"])
+    thumbnail = decode_data_uri(summarise(write_sheet(tmp_path, [tile])).img_sources[0]).convert("RGB")
+    assert thumbnail.size == (192, 96)
+    box_colour = colour_for(3)
+    # The box maps to x 96..172.8, y 48..86.4 on the thumbnail.
+    assert close_to(thumbnail.getpixel((172, 70)), box_colour)  # right edge
+    assert close_to(thumbnail.getpixel((130, 86)), box_colour)  # bottom edge
+    assert close_to(thumbnail.getpixel((140, 75)), (128, 128, 128))  # inside the box: the photo
+    assert close_to(thumbnail.getpixel((30, 30)), (128, 128, 128))  # outside it
+    plain = decode_data_uri(summarise(write_sheet(tmp_path, [Tile(str(photo))])).img_sources[0]).convert("RGB")
+    assert close_to(plain.getpixel((172, 70)), (128, 128, 128))  # no boxes without detections
+
+
+def test_error_record_tile_shows_its_error() -> None:
+    tile = tile_for_record({"path": "x.jpg", "error": "empty file (0 bytes)"}, lambda r: "unused")
+    assert tile == Tile("x.jpg", (), "empty file (0 bytes)")
+
+
+def test_detect_html_sheet_shows_the_boxes(tiny_detr_dir: Path, tmp_path: Path) -> None:
+    """`detect --html`: each thumbnail carries that image's boxes (it used to show the bare photos)."""
+    from typer.testing import CliRunner
+
+    from tests.conftest import parse_jsonl
+    from vitkit.cli import app
+
+    sheet = tmp_path / "sheet.html"
+    photo = str(SAMPLE_DATA / "rocket.jpg")
+    result = CliRunner().invoke(app, ["detect", photo, "--model", str(tiny_detr_dir), "--threshold", "0.0",
+                                      "--max-detections", "3", "--html", str(sheet)])
+    assert result.exit_code == 0, result.stderr
+    [record] = parse_jsonl(result.stdout)
+    assert len(record["detections"]) == 3
+    with_boxes = decode_data_uri(summarise(sheet.read_text()).img_sources[0]).convert("RGB")
+    bare = decode_data_uri(summarise(render_contact_sheet([Tile(photo)], "t")).img_sources[0]).convert("RGB")
+    assert with_boxes.size == bare.size
+    import numpy as np
+
+    difference = np.abs(np.asarray(with_boxes, dtype=int) - np.asarray(bare, dtype=int)).max(axis=2)
+    differing = int((difference > 40).sum())
+    assert differing > 200  # outlines and label tabs, not JPEG noise

@@ -174,9 +174,9 @@ def test_search_html_contact_sheet(photos: Path, tiny_open_clip_dir: Path, tmp_p
     assert sheet.read_text().count('class="tile"') == 4
 
 
-def test_label_html_contact_sheet(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
+def test_label_html_contact_sheet(tiny_open_clip_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
     sheet = tmp_path / "labels.html"
-    runner.invoke(app, ["label", str(SAMPLE_DATA), "--labels", "cat,dog", "--model", str(tiny_open_clip_dir),
+    runner.invoke(app, ["label", str(mixed_samples), "--labels", "cat,dog", "--model", str(tiny_open_clip_dir),
                         "--html", str(sheet)])
     text = sheet.read_text()
     assert text.count('class="tile"') == 9 and "empty file (0 bytes)" in text

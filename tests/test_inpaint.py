@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl
+from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, SAMPLE_ERRORS, parse_jsonl
 from vitkit.cli import app
 from vitkit.models.backends.mae import PatchGrid, denormalise_patches
 from vitkit.tasks.inpaint_masks import box_patch_mask
@@ -348,7 +348,7 @@ def test_usage_errors_exit_2(args: list[str], message: str, tiny_transformers_ma
 def test_unreadable_mask_and_bad_ratio_exit_2(tiny_transformers_mae_dir: Path, tmp_path: Path) -> None:
     image = str(SAMPLE_DATA / "chelsea.jpg")
     code, _, stderr = inpaint(image, "-m", str(tiny_transformers_mae_dir), "--out-dir", str(tmp_path),
-                              "--mask", str(SAMPLE_DATA / "broken" / "truncated.jpg"))
+                              "--mask", str(SAMPLE_ERRORS / "truncated.jpg"))
     assert code == 2 and "cannot read --mask" in stderr
     code, _, _ = inpaint(image, "-m", str(tiny_transformers_mae_dir), "--out-dir", str(tmp_path), "--mask-ratio", "1.5")
     assert code == 2

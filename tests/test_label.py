@@ -58,7 +58,8 @@ def test_probabilities_match_open_clip(tiny_open_clip_dir: Path, template_args: 
         assert [p["label"] for p in record["predictions"]] == [LABELS[i] for i in np.argsort(-expected, kind="stable")]
 
 
-def test_label_set_is_encoded_once_per_run(tiny_open_clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_label_set_is_encoded_once_per_run(tiny_open_clip_dir: Path, mixed_samples: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import open_clip
 
     calls = []
@@ -69,16 +70,16 @@ def test_label_set_is_encoded_once_per_run(tiny_open_clip_dir: Path, monkeypatch
         return original(self, text, normalize=normalize)
 
     monkeypatch.setattr(open_clip.CLIP, "encode_text", counting)
-    result = runner.invoke(app, ["label", str(SAMPLE_DATA), "--model", str(tiny_open_clip_dir),
+    result = runner.invoke(app, ["label", str(mixed_samples), "--model", str(tiny_open_clip_dir),
                                  "--labels", "cat,dog", "--template", "a {}", "-b", "1"])
     assert result.exit_code == 1  # the broken samples
     assert sum(calls) == 2  # two labels x one template, however many images and batches
 
 
-def test_labels_file_multi_label_and_errors(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
+def test_labels_file_multi_label_and_errors(tiny_open_clip_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("# animals\ncat\ndog\n\nrocket\n")
-    result = runner.invoke(app, ["label", str(SAMPLE_DATA), "--model", str(tiny_open_clip_dir),
+    result = runner.invoke(app, ["label", str(mixed_samples), "--model", str(tiny_open_clip_dir),
                                  "--labels-file", str(labels), "--multi-label", "--threshold", "-1"])
     records = parse_jsonl(result.stdout)
     assert len(records) == 9 and sum("error" in r for r in records) == 3
@@ -129,3 +130,22 @@ def test_siglip_style_bias_gives_sigmoid_probabilities(tiny_open_clip_dir: Path,
     got = {p["label"]: p["score"] for p in preds}
     np.testing.assert_allclose([got["cat"], got["dog"]], expected.numpy(), atol=1e-5)
     shutil.rmtree(folder)
+
+
+def test_unknown_template_set_lists_the_built_in_ones(tiny_open_clip_dir: Path) -> None:
+    result = runner.invoke(app, ["label", str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_open_clip_dir),
+                                 "--labels", "cat,dog", "--templates", "imagenet81"])
+    assert result.exit_code == 2
+    assert "--templates imagenet81: not a built-in template set and not a file" in result.stderr
+    assert "imagenet7, imagenet80, none" in result.stderr and "No such file" not in result.stderr
+
+
+def test_a_single_label_with_softmax_is_refused_and_multi_label_scores_it(tiny_open_clip_dir: Path) -> None:
+    base = ["label", str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_open_clip_dir), "--labels", "cat"]
+    refused = runner.invoke(app, base)
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert "scores 1.0 on every image" in refused.stderr and "--multi-label" in refused.stderr
+    scored = runner.invoke(app, [*base, "--multi-label", "--threshold", "-1"])
+    assert scored.exit_code == 0, scored.stderr
+    [prediction] = parse_jsonl(scored.stdout)[0]["predictions"]
+    assert prediction["label"] == "cat" and -1 <= prediction["score"] < 1  # a cosine, not a softmax's 1.0

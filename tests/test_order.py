@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import SAMPLE_DATA, parse_jsonl
+from tests.conftest import SAMPLE_DATA, SAMPLE_ERRORS, parse_jsonl
 from vitkit.cli import app
 
 
@@ -17,7 +17,7 @@ def mixed_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Good and bad files interleaved, including a whole batch of bad ones."""
     folder = tmp_path_factory.mktemp("mixed")
     good = sorted(SAMPLE_DATA.glob("*.jpg"))
-    bad = sorted((SAMPLE_DATA / "broken").glob("*.jpg"))
+    bad = sorted(SAMPLE_ERRORS.glob("*.jpg"))
     order = [good[0], bad[0], good[1], good[2], bad[1], bad[2], bad[0], good[3], good[4], bad[1], good[5]]
     paths = []
     for i, source in enumerate(order):
@@ -57,6 +57,6 @@ def test_each_record_in_its_own_slot(mixed_inputs: list[str], tiny_timm_dir: Pat
 
 
 def test_a_whole_batch_of_bad_files(tiny_timm_dir: Path) -> None:
-    bad = [str(p) for p in sorted((SAMPLE_DATA / "broken").glob("*.jpg"))]
+    bad = [str(p) for p in sorted(SAMPLE_ERRORS.glob("*.jpg"))]
     records = classify(bad + [str(SAMPLE_DATA / "rocket.jpg")], tiny_timm_dir, "-b", "3")
     assert [("error" in r) for r in records] == [True, True, True, False]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA
+from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, SAMPLE_ERRORS
 from vitkit.inputs.discover import InputItem
 from vitkit.models.loading import load_model
 from vitkit.models.registry import CLASSIFY, DETECT, resolve
@@ -30,7 +30,7 @@ OPTIONS = RunOptions(batch_size=4, workers=0)
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[InputItem]:
     """Good photos with a broken file among them: 7 inputs, batches of 4 with 3 + 3 images to run."""
     folder = tmp_path_factory.mktemp("resilience")
-    sources = [SAMPLE_DATA / name for name in GOOD_SAMPLES] + [SAMPLE_DATA / "broken" / BROKEN_SAMPLES[0]]
+    sources = [SAMPLE_DATA / name for name in GOOD_SAMPLES] + [SAMPLE_ERRORS / BROKEN_SAMPLES[0]]
     order = [sources[0], sources[-1], *sources[1:-1]]
     paths = []
     for i, source in enumerate(order):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl
+from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, SAMPLE_ERRORS, parse_jsonl
 from vitkit.outputs import masks
 from vitkit.cli import app
 
@@ -318,7 +318,7 @@ def test_broken_files_keep_their_slots_and_outputs_never_collide(tiny_segformer_
 def test_without_out_dir_segments_only_and_csv_long_form(tiny_segformer_dir: Path) -> None:
     code, [record], _ = segment(str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_segformer_dir))
     assert code == 0 and record["mask"] is None and record["overlay"] is None and record["segments"]
-    result = runner.invoke(app, ["segment", str(SAMPLE_DATA / "chelsea.jpg"), str(SAMPLE_DATA / "broken" / "empty.jpg"),
+    result = runner.invoke(app, ["segment", str(SAMPLE_DATA / "chelsea.jpg"), str(SAMPLE_ERRORS / "empty.jpg"),
                                  "--model", str(tiny_segformer_dir), "--format", "csv"])
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == len(record["segments"]) + 1
@@ -400,7 +400,7 @@ def test_label_png_depth_and_overlay_blending(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model_fixture", ["tiny_mask2former_dir", "tiny_detr_panoptic_dir"])
 def test_panoptic_equals_the_processor_and_pads_mixed_sizes(model_fixture: str, request: pytest.FixtureRequest,
-                                                             tmp_path: Path) -> None:
+                                                             mixed_samples: Path, tmp_path: Path) -> None:
     model_dir = request.getfixturevalue(model_fixture)
     paths = [SAMPLE_DATA / name for name in ("astronaut.jpg", "chelsea.jpg", "rocket.jpg")]
     # One image a batch: nothing padded, so the result is exactly the processor's own.
@@ -416,7 +416,7 @@ def test_panoptic_equals_the_processor_and_pads_mixed_sizes(model_fixture: str, 
         assert all(s["score"] == pytest.approx(scores[s["id"]]) for s in record["segments"])
     assert sum(len(r["segments"]) for r in records) > 0
     # Mixed sizes in one batch, padded by the processor in worker processes; failures keep their slots.
-    code, records, _ = segment(str(SAMPLE_DATA), "--mode", "panoptic", "--model", str(model_dir), "-b", "9",
+    code, records, _ = segment(str(mixed_samples), "--mode", "panoptic", "--model", str(model_dir), "-b", "9",
                                "--workers", "1", "--out-dir", str(tmp_path / "batched"))
     assert code == 1 and len(records) == 9
     for record in records:

@@ -197,16 +197,18 @@ def run_search(text: str | None, image: str | None, folders: Sequence[str], mode
 
 
 def run_bench(model: ModelOptions, batch: BatchOptions, *, images: int = 64, size: str = "1920x1080",
-              quiet: bool = False) -> Listing:
-    """Throughput of the model alone and from JPEG files to results, as one row."""
+              repeats: int = 3, quiet: bool = False) -> Listing:
+    """Throughput of the model alone and from JPEG files to results: the median of `repeats` timed
+    passes after a warm-up, with its spread, as one row (and a summary for people)."""
     from vitkit.runtime.bench import COLUMNS, BenchOptions, parse_size, run_bench as bench
     from vitkit.runtime.distributed import refuse_launch
 
     refuse_launch("bench", "run it as one process, once per GPU with --device cuda:N")
     options = BenchOptions(model.model, model.device, model.precision, batch.batch_size, images, parse_size(size),
-                           batch.run_options(), model.offline, model.compile)
-    row = bench(options, Reporter(quiet=quiet)).to_row()
-    return Listing([{column: row.get(column) for column in COLUMNS}])
+                           batch.run_options(), model.offline, model.compile, repeats=repeats)
+    result = bench(options, Reporter(quiet=quiet))
+    row = result.to_row()
+    return Listing([{column: row.get(column) for column in COLUMNS}], summary=result.summary())
 
 
 def run_eval_detect(images_dir: str, coco_gt: str, model: ModelOptions, batch: BatchOptions, *,
@@ -214,6 +216,7 @@ def run_eval_detect(images_dir: str, coco_gt: str, model: ModelOptions, batch: B
     """COCO mAP@[.5:.95], AP50 and AP75 of a detector on the ground truth's images (100 detections an image)."""
     from vitkit.evaluation.detect import evaluate_detector
     from vitkit.evaluation.metrics import load_coco_ground_truth
+    from vitkit.evaluation.report import evaluation_row, evaluation_warnings, render_summary
     from vitkit.runtime.distributed import refuse_launch
     from vitkit.tasks.detect import DetectOptions, DetectTask
 
@@ -223,9 +226,6 @@ def run_eval_detect(images_dir: str, coco_gt: str, model: ModelOptions, batch: B
     task = DetectTask(model.load(DETECT), DetectOptions(threshold=threshold, max_detections=100))
     reporter = Reporter(quiet=quiet)
     result = evaluate_detector(task, ground_truth, images_dir, batch.run_options(default_batch_size=4), reporter)
-    if result.unmatched_labels:
-        reporter.message(f"warning: {len(result.unmatched_labels)} model labels match no ground-truth category")
-    m = result.metrics
-    row = {"ap": m.ap, "ap50": m.ap50, "ap75": m.ap75, "images": m.num_images, "detections": m.num_detections,
-           "failed": result.failed_images, "per_category_ap": m.per_category_ap}
-    return Listing([row], result.failed_images)
+    for warning in evaluation_warnings(result):
+        reporter.message(warning)
+    return Listing([evaluation_row(result)], result.failed_images, summary=render_summary(result))

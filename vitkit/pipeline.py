@@ -329,6 +329,7 @@ class Listing:
     rows: list[dict[str, Any]]
     failed: int = 0
     layout: "RecordLayout | None" = None  # how the rows look in a table or CSV; None: a table of their keys
+    summary: str | None = None  # what a person reads instead of the table (eval detect, bench); rows stay for machines
 
     @property
     def exit_code(self) -> int:
@@ -337,7 +338,11 @@ class Listing:
 
 def write_rows(listing: Listing, out: OutputOptions) -> int:
     """Print a listing in the chosen format (to --output where the command has one); its exit status."""
-    if listing.layout is not None:
+    fmt = resolve_format(out.format, out.output)
+    if fmt == "table" and listing.summary is not None:
+        with open_output(out.output) as stream:
+            stream.write(listing.summary)
+    elif listing.layout is not None:
         with open_writer(resolve_format(out.format, out.output), out.output, listing.layout) as writer:
             for row in listing.rows:
                 writer.write(row)
@@ -371,7 +376,7 @@ class ContactSheetSink:
 
 
 def write_sheet(path: str, records: list[dict], layout: "RecordLayout", subtitle: str) -> None:
-    from vitkit.outputs.html import Tile, write_contact_sheet
+    from vitkit.outputs.html import tile_for_record, write_contact_sheet
 
-    tiles = [Tile(r["path"], () if "error" in r else (layout.describe(r),), r.get("error")) for r in records]
+    tiles = [tile_for_record(r, layout.describe) for r in records]
     write_contact_sheet(path, tiles, title="vitkit results", subtitle=subtitle)

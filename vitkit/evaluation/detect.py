@@ -18,6 +18,8 @@ class DetectorEvaluation:
     metrics: DetectionMetrics
     failed_images: int
     unmatched_labels: tuple[str, ...]  # model labels with no ground-truth category of that name or id
+    # Ground-truth categories (with boxes) that no model label maps to: they score AP 0 and pull mAP down.
+    unpredictable_categories: tuple[str, ...] = ()
 
 
 def map_categories(id2label: Mapping[int, str], categories: Mapping[int, str]) -> dict[int, int]:
@@ -46,4 +48,8 @@ def evaluate_detector(task: DetectTask, ground_truth: GroundTruth, images_dir: s
             if found["class_id"] in mapping:
                 detections.append(Detection(image_id, mapping[found["class_id"]], found["score"], tuple(found["box"])))
     unmatched = tuple(sorted(label for cid, label in task.id2label.items() if cid not in mapping))
-    return DetectorEvaluation(evaluate_detections(ground_truth, detections), failed, unmatched)
+    metrics = evaluate_detections(ground_truth, detections)
+    predictable = set(mapping.values())
+    unpredictable = tuple(ground_truth.categories[cid] for cid in sorted(ground_truth.categories)
+                          if cid not in predictable and ground_truth.categories[cid] in metrics.per_category_ap)
+    return DetectorEvaluation(metrics, failed, unmatched, unpredictable)

@@ -9,9 +9,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from vitkit.inputs.decode import DecodeOptions, decode_image
+from vitkit.outputs.boxes import draw_detections
 from vitkit.errors import InputError, UsageError
 from vitkit.outputs.writers import open_output
 
@@ -28,6 +29,16 @@ class Tile:
     path: str  # shown as the tile's caption and used to make the thumbnail
     lines: tuple[str, ...] = ()  # e.g. ("rank 1", "score 0.312") or ("tabby cat 0.81", "tiger cat 0.10")
     error: str | None = None  # a tile for a failed image shows the error instead of a thumbnail
+    # Detections drawn on the thumbnail: {label, class_id, score, box} with the box in the pixels of
+    # the image as displayed (the record's width and height), as `detect` writes them.
+    boxes: tuple[dict[str, Any], ...] = ()
+
+
+def tile_for_record(record: dict[str, Any], describe: Any) -> Tile:
+    """A record's tile: its error, or the layout's one-line description and any detections as boxes."""
+    if "error" in record:
+        return Tile(record["path"], (), record["error"])
+    return Tile(record["path"], (describe(record),), boxes=tuple(record.get("detections") or ()))
 
 
 @dataclass(frozen=True)
@@ -69,15 +80,24 @@ def render_contact_sheet(tiles: Sequence[Tile], title: str, subtitle: str = "", 
 """
 
 
-def _make_thumbnail(path: str, thumb_size: int) -> _Thumbnail:
-    """A JPEG data URI no larger than thumb_size on either side; raises InputError when the file cannot be read."""
+def _make_thumbnail(path: str, thumb_size: int, boxes: Sequence[dict[str, Any]] = ()) -> _Thumbnail:
+    """A JPEG data URI no larger than thumb_size on either side, with `boxes` drawn at thumbnail scale;
+    raises InputError when the file cannot be read."""
     decoded = decode_image(path, DecodeOptions(draft_size=thumb_size))
     image = decoded.image.copy()  # thumbnail() resizes in place; the decoded image may be shared
     image.thumbnail((thumb_size, thumb_size))
+    if boxes:
+        image = draw_detections(image, scale_boxes(boxes, image.width / decoded.width, image.height / decoded.height))
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    # Full-resolution colour (4:4:4) keeps thin coloured box outlines from bleeding into the photo.
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0 if boxes else -1)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     return _Thumbnail(f"data:image/jpeg;base64,{encoded}", image.width, image.height)
+
+
+def scale_boxes(detections: Sequence[dict[str, Any]], sx: float, sy: float) -> list[dict[str, Any]]:
+    """Detections with boxes moved from the full-size image to one resized by (sx, sy)."""
+    return [{**d, "box": [d["box"][0] * sx, d["box"][1] * sy, d["box"][2] * sx, d["box"][3] * sy]} for d in detections]
 
 
 def _render_header(tiles: Sequence[Tile], title: str, subtitle: str) -> str:
@@ -106,7 +126,7 @@ def _render_picture(tile: Tile, name: str, thumb_size: int) -> str:
     if tile.error is not None:
         return f'<div class="frame"><p class="error">{_text(tile.error)}</p></div>'
     try:
-        thumbnail = _make_thumbnail(tile.path, thumb_size)
+        thumbnail = _make_thumbnail(tile.path, thumb_size, tile.boxes)
     except InputError as exc:
         return f'<div class="frame"><p class="nopreview">no preview: {_text(exc.one_line())}</p></div>'
     except (OSError, ValueError) as exc:

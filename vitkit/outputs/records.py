@@ -71,6 +71,10 @@ class RecordLayout:
     csv_columns: tuple[str, ...]
     csv_rows: Callable[[dict[str, Any]], list[dict[str, Any]]]  # one record -> one or more flat rows
     describe: Callable[[dict[str, Any]], str]  # one record -> the table's result cell
+    # Records that are not one per image (search hits) name their own table columns; None: path + result.
+    table_columns: tuple[str, ...] | None = None
+    # The key of a ranked [{label, score}] list that the table shows one per line instead of `describe`.
+    table_items: str | None = None
 
 
 def explode_rows(list_key: str, item_columns: tuple[str, ...]) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:

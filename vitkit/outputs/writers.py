@@ -10,16 +10,18 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Iterator, Protocol
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from vitkit.errors import UsageError
 from vitkit.outputs.files import atomic_write_path, output_errors
 from vitkit.outputs.records import RecordLayout
 
 FORMATS = ("auto", "table", "json", "jsonl", "csv")
-_EXTENSION_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table"}
+_EXTENSION_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -36,9 +38,23 @@ def resolve_format(name: str, output: str | None, stdout: IO[str] | None = None)
     if name != "auto":
         return name
     if output:
-        return _EXTENSION_FORMATS.get(os.path.splitext(output)[1].lower(), "jsonl")
+        return format_from_extension(output)
     stream = stdout or sys.stdout
     return "table" if stream.isatty() else "jsonl"
+
+
+def format_from_extension(output: str) -> str:
+    """`-o` picks the format from its extension; an unknown one (`.txt`, `.xlsx`) is refused rather than
+    guessed, since a table or JSON lines under a name that promises something else misleads whoever opens
+    it. A name without an extension (a device, a FIFO, `-`) gets JSON lines."""
+    extension = os.path.splitext(output)[1].lower()
+    if not extension:
+        return "jsonl"
+    if extension not in _EXTENSION_FORMATS:
+        known = ", ".join(sorted(_EXTENSION_FORMATS))
+        raise UsageError(f"-o {output}: unknown output extension {extension!r}",
+                         hint=f"use {known}, or name the format with --format {'|'.join(FORMATS[1:])}")
+    return _EXTENSION_FORMATS[extension]
 
 
 def to_json(record: dict[str, Any]) -> str:
@@ -116,23 +132,55 @@ def table_console(stream: IO[str]) -> Console:
     return Console(file=stream, highlight=False, width=width)
 
 
+# Lines of labels shown per row; the rest are counted ("… and 12 more"), JSON has them all.
+TABLE_ITEMS = 5
+
+
+def result_cell(record: dict[str, Any], layout: RecordLayout) -> Text:
+    """One line per label, score first so the scores line up; long labels end in "…" rather than
+    wrapping into the next label's line."""
+    if "error" in record:
+        return Text("error: " + printable(record["error"]), style="red")
+    if layout.table_items is None:
+        return Text(printable(layout.describe(record)))
+    items = record.get(layout.table_items) or []
+    if not items:
+        return Text(printable(layout.describe(record)))  # the task's own words for nothing found
+    lines = [f"{item['score']:.2f}  {printable(str(item['label']))}" for item in items[:TABLE_ITEMS]]
+    if len(items) > TABLE_ITEMS:
+        lines.append(f"… and {len(items) - TABLE_ITEMS} more")
+    return Text("\n".join(lines), no_wrap=True, overflow="ellipsis")
+
+
+def table_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return printable("" if value is None else str(value))
+
+
 class TableWriter:
-    """A rich table for people; it needs every row before it can size its columns."""
+    """A rich table for people; it needs every row before it can size its columns. Per image: the path
+    (folded, never cut) and the result; records with their own `table_columns` (search hits) get those."""
 
     def __init__(self, stream: IO[str], layout: RecordLayout) -> None:
         self.console = table_console(stream)
         self.layout = layout
-        self.table = Table(show_lines=False)
-        for name in ("path", "size", "result"):
-            self.table.add_column(name, overflow="fold")
+        self.table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        if layout.table_columns:
+            for name in layout.table_columns:
+                self.table.add_column(name, overflow="fold", justify="right" if name != "path" else "left")
+        else:
+            self.table.add_column("path", overflow="fold", min_width=12)
+            self.table.add_column("result", min_width=24)
 
     def write(self, record: dict[str, Any]) -> None:
-        path = escape(printable(record["path"]))
-        if "error" in record:
-            self.table.add_row(path, "", f"[red]error: {escape(record['error'])}[/red]")
+        if not self.layout.table_columns:
+            self.table.add_row(Text(printable(record["path"])), result_cell(record, self.layout))
             return
-        size = f"{record['width']}x{record['height']}" if record.get("width") else ""
-        self.table.add_row(path, size, escape(printable(self.layout.describe(record))))
+        cells = [Text(table_value(record.get(column))) for column in self.layout.table_columns]
+        if "error" in record:
+            cells[-1] = Text("error: " + printable(record["error"]), style="red")
+        self.table.add_row(*cells)
 
     def close(self) -> None:
         self.console.print(self.table)

@@ -26,6 +26,7 @@ SEARCH_LAYOUT = RecordLayout(
     csv_columns=("rank", "path", "score"),
     csv_rows=lambda record: [record],
     describe=lambda record: f"#{record['rank']}  score {record['score']:.3f}",
+    table_columns=("rank", "path", "score"),
 )
 
 

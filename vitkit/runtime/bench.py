@@ -3,6 +3,8 @@
 Both numbers come from the same loaded model, batch size, device and precision in one call, so their
 ratio says how much of the model's speed the data path (decode, resize, collate, transfer) keeps.
 The images are generated JPEGs in a temporary folder, decoded by the real dataloader and runner.
+One pass varies a lot on a shared machine (26, 11.8 and 57.9 img/s in three runs), so each number is
+the median of `repeats` passes after a warm-up, reported with its spread (min-max).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,12 +29,14 @@ from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError, UsageError
 from vitkit.models.loading import LoadedModel, load_model
 from vitkit.models.registry import CLASSIFY, EMBED, ModelSpec, get_default_model, resolve_any
+from vitkit.outputs.writers import write_listing
 from vitkit.runtime.report import Reporter
 from vitkit.runtime.runner import RunOptions, forward_batch, run
 
 BENCH_CAPABILITIES = (CLASSIFY, EMBED)  # tasks whose forward is one image batch in, one tensor out
 COLUMNS = ("model", "task", "device", "precision", "batch_size", "images", "image_size",
-           "model_only_img_s", "end_to_end_img_s", "end_to_end_vs_model_only")
+           "model_only_img_s", "end_to_end_img_s", "end_to_end_vs_model_only",
+           "repeats", "model_only_min", "model_only_max", "end_to_end_min", "end_to_end_max")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,22 @@ class BenchOptions:
     offline: bool = False
     compile: bool = False
     seed: int = 0
+    repeats: int = 3  # timed passes of each kind, after the warm-up; the median is reported
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Images per second of several identical passes."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, rates: Sequence[float]) -> "Rates":
+        if not rates:
+            raise ValueError("no timed passes")
+        return cls(statistics.median(rates), min(rates), max(rates))
 
 
 @dataclass(frozen=True)
@@ -56,8 +78,17 @@ class BenchResult:
     batch_size: int
     images: int
     image_size: str
-    model_only_img_s: float
-    end_to_end_img_s: float
+    model_only: Rates
+    end_to_end: Rates
+    repeats: int
+
+    @property
+    def model_only_img_s(self) -> float:
+        return self.model_only.median
+
+    @property
+    def end_to_end_img_s(self) -> float:
+        return self.end_to_end.median
 
     @property
     def ratio(self) -> float:
@@ -67,7 +98,27 @@ class BenchResult:
         return {"model": self.model, "task": self.task, "device": self.device, "precision": self.precision,
                 "batch_size": self.batch_size, "images": self.images, "image_size": self.image_size,
                 "model_only_img_s": round(self.model_only_img_s, 2), "end_to_end_img_s": round(self.end_to_end_img_s, 2),
-                "end_to_end_vs_model_only": round(self.ratio, 3)}
+                "end_to_end_vs_model_only": round(self.ratio, 3), "repeats": self.repeats,
+                "model_only_min": round(self.model_only.low, 2), "model_only_max": round(self.model_only.high, 2),
+                "end_to_end_min": round(self.end_to_end.low, 2), "end_to_end_max": round(self.end_to_end.high, 2)}
+
+    def summary(self) -> str:
+        """For people: the medians with their spread, in lines that fit 80 columns."""
+        def rate(r: Rates) -> str:
+            return f"{r.median:9.1f} img/s  (min-max {r.low:.1f}-{r.high:.1f})"
+
+        return (f"model       {self.model} ({self.task}) on {self.device}, {self.precision}, batch {self.batch_size}\n"
+                f"images      {self.images} JPEGs of {self.image_size}; median of {self.repeats} passes after a warm-up\n"
+                f"model only  {rate(self.model_only)}\n"
+                f"end to end  {rate(self.end_to_end)}, {self.ratio:.2f} of model only\n")
+
+
+def write_bench(result: BenchResult, fmt: str, stream: IO[str] | None = None) -> None:
+    """A summary for people on a terminal; one row (medians and spreads) for json, jsonl and csv."""
+    if fmt == "table":
+        (stream or sys.stdout).write(result.summary())
+        return
+    write_listing([result.to_row()], COLUMNS, fmt, stream)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -103,6 +154,8 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
     reporter = reporter or Reporter(quiet=True)
     if options.images < 1 or (options.batch_size is not None and options.batch_size < 1):
         raise UsageError("--images and --batch-size must be at least 1")
+    if options.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, not {options.repeats}")
     spec, capability = resolve_bench_model(options.model)
     loaded = load_model(spec, capability, options.device, options.precision, options.offline, compile=options.compile)
     task = build_bench_task(loaded, capability)
@@ -114,11 +167,12 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
         paths = write_synthetic_jpegs(folder, options.images, options.size, options.seed)
         sample = preprocess_one(task, paths[0], run_options.draft)
         reporter.message("timing the model alone")
-        model_only = time_model_only(task, sample, batch_size, options.images)
+        model_only = time_model_only(task, sample, batch_size, options.images, options.repeats)
         reporter.message("timing end to end (decode, preprocess, model, records)")
-        end_to_end = time_end_to_end(task, [InputItem(p) for p in paths], run_options)
+        end_to_end = time_end_to_end(task, [InputItem(p) for p in paths], run_options, options.repeats)
     return BenchResult(spec.id, capability, str(loaded.device), loaded.precision, batch_size,
-                       options.images, f"{width}x{height}", model_only, end_to_end)
+                       options.images, f"{width}x{height}", Rates.of(model_only), Rates.of(end_to_end),
+                       options.repeats)
 
 
 def write_synthetic_jpegs(folder: str, count: int, size: tuple[int, int], seed: int = 0) -> list[str]:
@@ -150,8 +204,9 @@ def preprocess_one(task: Any, path: str, draft: bool) -> torch.Tensor:
     return task.preprocess(decoded.image, ImageMeta(path, decoded.width, decoded.height))
 
 
-def time_model_only(task: Any, sample: torch.Tensor, batch_size: int, images: int) -> float:
-    """Images per second through the task's forward alone, on normalised inputs already on the device."""
+def time_model_only(task: Any, sample: torch.Tensor, batch_size: int, images: int, repeats: int = 1) -> list[float]:
+    """Images per second through the task's forward alone, on normalised inputs already on the device,
+    one rate per timed pass."""
     model = task.model
     batch = sample.unsqueeze(0).expand(batch_size, *sample.shape).contiguous().to(model.device)  # (B, 3, H, W)
     n_batches = max(1, math.ceil(images / batch_size))
@@ -162,13 +217,14 @@ def time_model_only(task: Any, sample: torch.Tensor, batch_size: int, images: in
         synchronize(model.device)
 
     forward_all(2)  # warm-up: kernel selection, allocator growth, lazy compilation
-    return n_batches * batch_size / timed(lambda: forward_all(n_batches))
+    return [n_batches * batch_size / timed(lambda: forward_all(n_batches)) for _ in range(repeats)]
 
 
-def time_end_to_end(task: Any, items: Sequence[InputItem], options: RunOptions) -> float:
-    """Images per second from files to records through the real runner; a warm-up pass on one batch first."""
+def time_end_to_end(task: Any, items: Sequence[InputItem], options: RunOptions, repeats: int = 1) -> list[float]:
+    """Images per second from files to records through the real runner, one rate per timed pass; a
+    warm-up pass on one batch first."""
     consume(run(task, items[: options.batch_size], options))
-    return len(items) / timed(lambda: consume(run(task, items, options)))
+    return [len(items) / timed(lambda: consume(run(task, items, options))) for _ in range(repeats)]
 
 
 def consume(records: Any) -> None:

@@ -149,7 +149,8 @@ def plan_sidecars(items: Sequence[InputItem], overwrite: bool) -> SidecarPlan:
         key = os.path.realpath(target)
         if key in owners or key in inputs:
             clash = f"already belongs to {owners[key]}" if key in owners else "would replace an input"
-            planned.append(InputItem(item.path, f"caption file {target} {clash}; rename one of them"))
+            planned.append(InputItem(item.path, f"caption file {target} {clash}; rename one of them",
+                                     problem_kind="sidecar clash"))
         else:
             owners[key] = item.path
             if not overwrite and target.exists():

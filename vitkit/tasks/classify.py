@@ -26,6 +26,7 @@ CLASSIFY_LAYOUT = RecordLayout(
     csv_columns=("path", "width", "height", "rank", "label", "class_id", "score", "error"),
     csv_rows=explode_rows("predictions", ("label", "class_id", "score")),
     describe=_describe,
+    table_items="predictions",
 )
 
 

@@ -25,13 +25,15 @@ JPEG_MAX_SIDE = 65_500
 
 def _describe(record: dict[str, Any]) -> str:
     found = record.get("detections", [])
-    return ", ".join(f"{d['label']} {d['score']:.2f}" for d in found[:6]) + (" …" if len(found) > 6 else "") or "(nothing)"
+    more = f" … and {len(found) - 6} more" if len(found) > 6 else ""
+    return ", ".join(f"{d['label']} {d['score']:.2f}" for d in found[:6]) + more or "(nothing)"
 
 
 DETECT_LAYOUT = RecordLayout(
     csv_columns=("path", "width", "height", "rank", "label", "class_id", "score", "box", "error"),
     csv_rows=explode_rows("detections", ("label", "class_id", "score", "box")),
     describe=_describe,
+    table_items="detections",
 )
 
 

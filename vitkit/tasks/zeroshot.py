@@ -37,6 +37,9 @@ def resolve_templates(templates: Sequence[str] | None, templates_source: str | N
         result = list(templates)
     elif templates_source is None or templates_source in BUILTIN_TEMPLATE_SETS:
         return get_builtin_templates(templates_source or DEFAULT_TEMPLATE_SET)
+    elif not Path(templates_source).is_file():
+        raise UsageError(f"--templates {templates_source}: not a built-in template set and not a file",
+                         hint=f"built-in sets: {', '.join(BUILTIN_TEMPLATE_SETS)}; or a file with one template a line")
     else:
         result = _read_lines(templates_source, "--templates")
     for template in result:
@@ -74,6 +77,7 @@ LABEL_LAYOUT = RecordLayout(
     csv_columns=("path", "width", "height", "rank", "label", "score", "error"),
     csv_rows=explode_rows("predictions", ("label", "score")),
     describe=_describe,
+    table_items="predictions",
 )
 
 
@@ -84,6 +88,11 @@ class ZeroShotTask:
                  multi_label: bool = False, threshold: float | None = None) -> None:
         if not isinstance(model.assets, OpenClipAssets):
             raise UsageError(f"model {model.spec.id!r} is not an open_clip model")
+        if len(labels) == 1 and not multi_label:
+            # A softmax over one label is 1.0 for every image, whatever it shows.
+            raise UsageError(f"one label ({labels[0]!r}) scores 1.0 on every image when labels compete (softmax)",
+                             hint=f"add --multi-label to score each image against it on its own, or give a "
+                                  f"second label, e.g. --labels '{labels[0]},something else'")
         self.model = model
         self.labels = list(labels)
         self.top_k = min(top_k, len(self.labels))
