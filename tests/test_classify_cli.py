@@ -178,9 +178,9 @@ def test_pipe_into_head_closes_cleanly(tiny_timm_dir: Path) -> None:
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
 
-def test_html_contact_sheet_has_a_tile_per_input(tiny_timm_dir: Path, tmp_path: Path) -> None:
+def test_html_contact_sheet_has_a_tile_per_input(tiny_timm_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.html"
-    result = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "-k", "1", "--html", str(sheet))
+    result = invoke("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "-k", "1", "--html", str(sheet))
     assert result.exit_code == 1  # the broken samples
     page = sheet.read_text(encoding="utf-8")
     records = parse_jsonl(result.stdout)
@@ -197,7 +197,7 @@ def _resume_inputs(tmp_path: Path, count: int) -> Path:
     for i in range(count):
         shutil.copy(SAMPLE_DATA / "chelsea.jpg", folder / f"p{i:03d}.jpg")
     for name in BROKEN_SAMPLES:
-        shutil.copy(SAMPLE_DATA / "broken" / name, folder / f"p{count // 2:03d}_{name}")
+        shutil.copy(SAMPLE_ERRORS / name, folder / f"p{count // 2:03d}_{name}")
     return folder
 
 
@@ -238,15 +238,15 @@ def test_resume_after_sigkill_processes_only_the_rest(tiny_timm_dir: Path, tmp_p
     assert skipped <= before  # the rerun skipped only what the killed run had finished
 
 
-def test_resume_needs_a_jsonl_or_csv_file(tiny_timm_dir: Path, tmp_path: Path) -> None:
-    no_file = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--resume")
+def test_resume_needs_a_jsonl_or_csv_file(tiny_timm_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
+    no_file = invoke("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "--resume")
     assert no_file.exit_code == 2 and "--resume needs an output file" in no_file.stderr
-    as_json = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--resume", "-o",
+    as_json = invoke("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "--resume", "-o",
                      str(tmp_path / "x.json"))
     assert as_json.exit_code == 2 and "jsonl or csv" in as_json.stderr
     done = tmp_path / "done.jsonl"
-    first = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--resume", "-o", str(done))
-    again = invoke("classify", str(SAMPLE_DATA), "--model", str(tiny_timm_dir), "--resume", "-o", str(done))
+    first = invoke("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "--resume", "-o", str(done))
+    again = invoke("classify", str(mixed_samples), "--model", str(tiny_timm_dir), "--resume", "-o", str(done))
     assert first.exit_code == again.exit_code == 1
     assert f"resume: {len(GOOD_SAMPLES)} inputs already have results" in again.stderr
     records = parse_jsonl(done.read_text())

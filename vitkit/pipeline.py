@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from vitkit.models.loading import LoadedModel
     from vitkit.outputs.records import Record, RecordLayout
     from vitkit.runtime.distributed import RankContext
-    from vitkit.runtime.runner import RunOptions
+    from vitkit.runtime.options import RunOptions
     from vitkit.tasks.base import Task
 
 # What the library's functions take as inputs: a path, folder or glob, a PIL image, or a list of those.
@@ -71,7 +71,7 @@ class BatchOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are that input's error
 
     def run_options(self, default_batch_size: int = 16) -> "RunOptions":
-        from vitkit.runtime.runner import RunOptions
+        from vitkit.runtime.options import RunOptions
 
         return RunOptions(self.batch_size, self.workers, self.draft, self.max_pixels, default_batch_size)
 

@@ -9,7 +9,8 @@ from typing import Mapping
 from vitkit.inputs.discover import InputItem
 from vitkit.evaluation.metrics import Detection, DetectionMetrics, GroundTruth, evaluate_detections
 from vitkit.runtime.report import Reporter
-from vitkit.runtime.runner import RunOptions, run
+from vitkit.runtime.options import RunOptions
+from vitkit.runtime.runner import run
 from vitkit.tasks.detect import DetectTask
 
 
