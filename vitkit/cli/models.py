@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from vitkit.cli import options as o
-from vitkit.errors import EXIT_MODEL, ModelNotCachedError, VitkitError
+from vitkit.errors import EXIT_MODEL, VitkitError
 from vitkit.models.cache import format_bytes, get_cached_sizes, get_hub_repo_id
 from vitkit.models.registry import DEFAULT_MODELS, AmbiguousModelError, ModelSpec, list_catalogue, resolve_any
 from vitkit.outputs.writers import printable, resolve_format, write_listing
@@ -143,34 +143,16 @@ def pull(names: Annotated[list[str], typer.Argument(help="Aliases or references 
 
     Example: vitkit models pull vit-b16 clip-b32
     """
-    from vitkit.models.loading import load_model
+    from vitkit.models.pull import pull_model
 
     reporter = Reporter(quiet=quiet)
     failed = 0
     for name in names:
         try:
-            spec = _resolve_for_pull(name, capability, offline)
-            load_model(spec, capability, device="cpu", precision="fp32", offline=offline)
-        except ModelNotCachedError:
-            failed += 1
-            reporter.message(f"error: cannot download {name}: the Hugging Face Hub cannot be reached "
-                             "(check the network, HF_ENDPOINT and proxy settings)")
-            continue
+            spec = pull_model(name, capability, offline)
         except VitkitError as exc:
             failed += 1
-            reporter.message(f"error: {name}: {exc.one_line()}")
+            reporter.message(f"error: {exc.one_line()}")  # each error names the model
             continue
         reporter.message(f"ready: {spec.describe_source()}")
     raise typer.Exit(EXIT_MODEL if failed else 0)
-
-
-def _resolve_for_pull(name: str, capability: str | None, offline: bool) -> ModelSpec:
-    """An ambiguous hub id is settled by downloading its config first, which says which library saved it."""
-    try:
-        return resolve_any(name, capability)
-    except AmbiguousModelError:
-        from vitkit.models.cache import fetch_config
-
-        if not fetch_config(name.removeprefix("hf-hub:").split("@")[0], offline):
-            raise
-        return resolve_any(name, capability)

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from vitkit.inputs.data import Sample, default_workers, iterate_batches, move_to_device, slice_inputs
-from vitkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeOptions
+from vitkit.inputs.decode import DecodeOptions
 from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError
 from vitkit.inputs.pixels import DeviceNormalize, split_normalize
