@@ -193,8 +193,13 @@ def test_draft_never_touches_png(tmp_path: Path) -> None:
 # --- real files from tests/corpus.py: order, bombs, corrupt PNGs, colour keys, codecs ----------------
 
 _CHILD_DECODE = """
-import json, resource, sys
+import json, sys
 from vitkit.inputs.decode import DecodeOptions, decode_image
+# VmHWM (this address space's peak), not getrusage's ru_maxrss: Linux keeps ru_maxrss across execve,
+# so a child of a large pytest process would report its parent's peak.
+def peak_kb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 results = []
 for path in sys.argv[2:]:
     try:
@@ -202,7 +207,7 @@ for path in sys.argv[2:]:
         results.append([decoded.width, decoded.height, decoded.image.tobytes().hex()])
     except Exception as exc:
         results.append(getattr(exc, "message", repr(exc)))
-print(json.dumps({"results": results, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"results": results, "peak_kb": peak_kb()}))
 """
 
 

@@ -1,4 +1,4 @@
-"""`vitkit classify`: top-k ImageNet (or the checkpoint's own) labels with a timm ViT/DeiT/EVA."""
+"""`vitkit classify`: top-k labels from a timm or transformers image classifier."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from vitkit.pipeline import BatchOptions, InputOptions, ModelOptions, OutputOpti
 @command()
 def classify(inputs: InputOptions, top_k: TopK = 5, *, model: ModelOptions, batch: BatchOptions,
              out: OutputOptions) -> int:
-    """Classify images with a timm vision transformer (default: vit-b16, ImageNet-1k).
+    """Classify images with a vision transformer: timm or transformers (default: vit-b16, ImageNet-1k).
 
     Example: vitkit classify photos/ --top-k 3 --format jsonl > labels.jsonl
     """
