@@ -224,6 +224,13 @@ def test_failed_files_are_remembered_until_they_change(photos: Path, tiny_open_c
     third = runner.invoke(app, args)
     assert third.exit_code == 1
     assert (json.loads(third.stdout)[0]["failed"], json.loads(third.stdout)[0]["failed_unchanged"]) == (1, 2)
+    as_csv = runner.invoke(app, ["index", "--failed", "--index", str(index_dir), "--format", "csv"])
+    assert as_csv.stdout.splitlines()[0] == "path,reason,size,mtime_ns"
+    for broken in (photos / "broken").iterdir():
+        broken.unlink()
+    assert runner.invoke(app, args).exit_code == 0  # the deleted files' failures are swept
+    none_left = runner.invoke(app, ["index", "--failed", "--index", str(index_dir), "--format", "json"])
+    assert none_left.exit_code == 0 and json.loads(none_left.stdout) == []  # an empty list, not nothing
 
 
 def test_compact_flag_and_automatic_compaction(photos: Path, tiny_open_clip_dir: Path, tmp_path: Path) -> None:

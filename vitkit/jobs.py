@@ -7,7 +7,7 @@ command and its function share every default and every check.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Sequence
 
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
@@ -121,7 +121,7 @@ def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions,
         raise UsageError("caption files go beside image files, and in-memory images have none", hint="pass paths")
     if sidecar:
         plan = plan_sidecars(found.items, overwrite=on_exists == "overwrite")
-        found = type(found)(plan.items, found.names, found.cleanup)
+        found = replace(found, items=plan.items)  # keeps the names, cleanup and skipped count
         if message := plan.skipped_message():
             reporter.message(message)
         if not found.items and not is_launched():
@@ -158,7 +158,7 @@ def run_index(folders: Sequence[str] | None, model: ModelOptions, batch: BatchOp
     options = _index_options(model, batch, index_dir, rebuild, wait, shard, compact)
     if failed:
         _, failures = list_failures(options)
-        return Listing([asdict(f) for f in failures])
+        return Listing([asdict(f) for f in failures], columns=("path", "reason", "size", "mtime_ns"))
     if compact and not folders and not merge_from:
         target, dropped = compact_index(options)
         return Listing([{"index": str(target), "compacted": dropped}])

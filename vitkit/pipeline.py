@@ -330,6 +330,7 @@ class Listing:
     failed: int = 0
     layout: "RecordLayout | None" = None  # how the rows look in a table or CSV; None: a table of their keys
     summary: str | None = None  # what a person reads instead of the table (eval detect, bench); rows stay for machines
+    columns: tuple[str, ...] | None = None  # fixed columns, printed even with no rows (an empty list is an answer)
 
     @property
     def exit_code(self) -> int:
@@ -346,8 +347,8 @@ def write_rows(listing: Listing, out: OutputOptions) -> int:
         with open_writer(resolve_format(out.format, out.output), out.output, listing.layout) as writer:
             for row in listing.rows:
                 writer.write(row)
-    elif listing.rows:
-        write_listing(listing.rows, tuple(listing.rows[0]), resolve_format(out.format, None))
+    elif listing.columns is not None or listing.rows:
+        write_listing(listing.rows, listing.columns or tuple(listing.rows[0]), resolve_format(out.format, None))
     return listing.exit_code
 
 

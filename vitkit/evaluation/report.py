@@ -3,11 +3,9 @@ or one row with full precision for machines (json, jsonl, csv)."""
 
 from __future__ import annotations
 
-import sys
-from typing import IO, Any
+from typing import Any
 
 from vitkit.evaluation.detect import DetectorEvaluation
-from vitkit.outputs.writers import write_listing
 
 # Names listed in a warning before "and N more"; the JSON row and the table carry all of them.
 _NAMES_SHOWN = 8
@@ -51,15 +49,6 @@ def render_summary(result: DetectorEvaluation) -> str:
         note = "  (model cannot predict it)" if name in unpredictable else ""
         lines.append(f"{name:<{width}}  {ap:11.3f}{note}")
     return "\n".join(lines) + "\n"
-
-
-def write_evaluation(result: DetectorEvaluation, fmt: str, stream: IO[str] | None = None) -> None:
-    stream = stream or sys.stdout
-    if fmt == "table":
-        stream.write(render_summary(result))
-        return
-    row = evaluation_row(result)
-    write_listing([row], tuple(row), fmt, stream)
 
 
 def _listed(names: tuple[str, ...]) -> str:

@@ -30,13 +30,6 @@ class DiscoveredInputs(list):
 
     skipped_by_extension: int = 0
 
-    @classmethod
-    def of(cls, items: Iterable[InputItem], skipped_by_extension: int) -> "DiscoveredInputs":
-        """`items` (a shard's slice, say) with the count of the scan they came from."""
-        result = cls(items)
-        result.skipped_by_extension = skipped_by_extension
-        return result
-
 
 def is_image_name(name: str) -> bool:
     from vitkit.inputs.formats import picture_extensions  # imports Pillow's plugins: only when scanning

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import stat as stat_module
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from vitkit.errors import OutputError
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 # Markers for path parts that cannot be mirrored as they are. '@' does not start real folder names
 # in practice, and the mapping stays one-to-one either way since relative paths never begin with it.
@@ -129,14 +125,3 @@ def atomic_write_path(target: Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-
-
-def save_image(image: Image.Image, target: Path, **options: Any) -> None:
-    """Pillow's save (`options` must name the format), atomically, with write failures as an OutputError
-    naming `target`."""
-    # Encoded in memory first: Pillow's encoders write files with a C write() that ignores short writes,
-    # so on a full disk they leave a truncated image and report success. Python's own writes do not.
-    buffer = io.BytesIO()
-    image.save(buffer, **options)
-    with atomic_write_path(target) as temp, output_errors(target):
-        temp.write_bytes(buffer.getbuffer())

@@ -13,11 +13,10 @@ import math
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import IO, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +28,6 @@ from vitkit.inputs.discover import InputItem
 from vitkit.errors import InputError, UsageError
 from vitkit.models.loading import LoadedModel, load_model
 from vitkit.models.registry import CLASSIFY, EMBED, ModelSpec, get_default_model, resolve_any
-from vitkit.outputs.writers import write_listing
 from vitkit.runtime.report import Reporter
 from vitkit.runtime.runner import RunOptions, forward_batch, run
 
@@ -111,14 +109,6 @@ class BenchResult:
                 f"images      {self.images} JPEGs of {self.image_size}; median of {self.repeats} passes after a warm-up\n"
                 f"model only  {rate(self.model_only)}\n"
                 f"end to end  {rate(self.end_to_end)}, {self.ratio:.2f} of model only\n")
-
-
-def write_bench(result: BenchResult, fmt: str, stream: IO[str] | None = None) -> None:
-    """A summary for people on a terminal; one row (medians and spreads) for json, jsonl and csv."""
-    if fmt == "table":
-        (stream or sys.stdout).write(result.summary())
-        return
-    write_listing([result.to_row()], COLUMNS, fmt, stream)
 
 
 def parse_size(text: str) -> tuple[int, int]:
