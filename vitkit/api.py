@@ -141,9 +141,11 @@ def load_model(ref: str | None = None, *, task: str, device: str = "auto", preci
                offline: bool = False, compile: bool = False) -> "LoadedModel":
     """Resolve a model reference (None: the command's default) and load it for a command (`task`:
     classify, label, embed, detect, segment, inpaint, caption, index or search); pass it on as `model=`."""
-    if task not in jobs.CAPABILITY_OF_COMMAND:
-        raise UsageError(f"no command {task!r}", hint=f"use one of {', '.join(jobs.CAPABILITY_OF_COMMAND)}")
-    return ModelOptions(ref, device, precision, offline, compile).load(jobs.CAPABILITY_OF_COMMAND[task])
+    from vitkit.models.spec import CAPABILITY_OF_COMMAND
+
+    if task not in CAPABILITY_OF_COMMAND:
+        raise UsageError(f"no command {task!r}", hint=f"use one of {', '.join(CAPABILITY_OF_COMMAND)}")
+    return ModelOptions(ref, device, precision, offline, compile).load(CAPABILITY_OF_COMMAND[task])
 
 
 def _as_list(paths: str | Sequence[str] | None) -> list[str] | None:

@@ -11,17 +11,12 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Sequence
 
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
-from vitkit.models.registry import CAPTION, CLASSIFY, DETECT, EMBED, INPAINT, SEGMENT, ZEROSHOT
+from vitkit.models.registry import CAPTION, CLASSIFY, DETECT, EMBED, INPAINT, LABEL, SEGMENT
 from vitkit.pipeline import BatchOptions, InputOptions, Job, Listing, ModelOptions, collect_inputs, make_job
 from vitkit.runtime.report import Reporter
 
 if TYPE_CHECKING:
     from vitkit.retrieval.update import IndexOptions
-
-# The model capability each command needs, by the command's name: users only ever see the latter.
-CAPABILITY_OF_COMMAND = {"classify": CLASSIFY, "label": ZEROSHOT, "embed": EMBED, "index": EMBED, "search": EMBED,
-                         "detect": DETECT, "segment": SEGMENT, "inpaint": INPAINT, "caption": CAPTION}
-
 
 def check_threshold(value: float | None, probability: bool) -> None:
     """The one check of a score threshold, for every command and function: a number, and within 0..1
@@ -52,7 +47,7 @@ def plan_label(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *
     joined = labels if labels is None or isinstance(labels, str) else ",".join(labels)
     names, prompts = resolve_labels(joined, labels_file), resolve_templates(template, templates)
     found = collect_inputs(inputs)
-    task = ZeroShotTask(model.load(ZEROSHOT), names, prompts, top_k, multi_label, threshold)
+    task = ZeroShotTask(model.load(LABEL), names, prompts, top_k, multi_label, threshold)
     return make_job(task, found, batch.run_options(), html=html)
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError, UsageError
 from vitkit.models.spec import (CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DETECT, EMBED, INPAINT, LABEL,
-                                OPEN_CLIP, SEGMENT, TIMM, TRANSFORMERS, ZEROSHOT, ModelSpec, describe_capability)
+                                OPEN_CLIP, SEGMENT, TIMM, TRANSFORMERS, ModelSpec, describe_capability)
 
 __all__ = ["CAPABILITIES", "CAPTION", "CLASSIFY", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP", "SEGMENT", "TIMM",
-           "TRANSFORMERS", "ZEROSHOT", "ModelSpec", "resolve", "resolve_any", "list_catalogue", "get_default_model"]
+           "TRANSFORMERS", "ModelSpec", "resolve", "resolve_any", "list_catalogue", "get_default_model"]
 
 # For hub references that do not say which library they belong to (`hf-hub:org/repo`, `org/repo`) and
 # whose config is not in the cache, the command the model is for decides.

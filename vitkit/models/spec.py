@@ -18,10 +18,12 @@ DETECT = "detect"
 SEGMENT = "segment"
 INPAINT = "inpaint"
 CAPABILITIES = (CLASSIFY, LABEL, EMBED, CAPTION, DETECT, SEGMENT, INPAINT)
-ZEROSHOT = LABEL  # the old internal name; kept so that older call sites keep working
 
 # The commands that use a capability, where that is not the capability's own name.
 COMMANDS_FOR_CAPABILITY = {EMBED: ("index", "search")}
+# ... and the other way round: the capability each command needs (`embed` is a library function too).
+CAPABILITY_OF_COMMAND = {**{c: c for c in CAPABILITIES},
+                         **{command: c for c, commands in COMMANDS_FOR_CAPABILITY.items() for command in commands}}
 
 TIMM = "timm"
 OPEN_CLIP = "open_clip"
