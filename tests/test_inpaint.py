@@ -358,3 +358,35 @@ def test_unreadable_mask_and_bad_ratio_exit_2(tiny_transformers_mae_dir: Path, t
 def test_help_shows_an_example() -> None:
     result = runner.invoke(app, ["inpaint", "--help"])
     assert result.exit_code == 0 and "Example: vitkit inpaint" in result.stdout
+
+
+def test_composite_and_grid_are_the_reconstruction_pasted_into_the_hidden_patches(
+        tiny_transformers_mae_normpix_dir: Path, tmp_path: Path) -> None:
+    """The full-size files, against the same composite written out with numpy: bicubic-resized reconstruction
+    where a pixel's centre lies in a hidden patch, the original everywhere else; grey there in the grid."""
+    from vitkit.models.loading import load_model
+    from vitkit.models.registry import INPAINT, resolve
+    from vitkit.tasks.inpaint import InpaintOptions, InpaintTask, side_by_side
+    from vitkit.tasks.inpaint_masks import pixel_mask
+
+    path = tmp_path / "odd.png"  # odd sides: patch edges fall between pixels
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (301, 203, 3), dtype=np.uint8)).save(path)
+    loaded = load_model(resolve(str(tiny_transformers_mae_normpix_dir), INPAINT), INPAINT, "cpu", "fp32")
+    task = InpaintTask(loaded, InpaintOptions(out_dir=str(tmp_path / "out"), grid=True), [str(path)])
+    pixel_values = task.processor(images=Image.open(path), return_tensors="pt")["pixel_values"]
+    masked = torch.zeros(1, 64)
+    masked[0, [0, 9, 10, 27, 36, 63]] = 1.0
+    with torch.inference_mode():
+        [result] = task.reconstructions(task.forward({"pixel_values": pixel_values, "noise": masked}))
+    composite, grid = task._files(str(path), result)
+
+    original = np.asarray(Image.open(path))
+    hidden = pixel_mask(result.patches, 203, 301)[..., None]
+    assert 0 < hidden.sum() < hidden.size
+    filled = np.asarray(result.pasted.resize((203, 301), Image.Resampling.BICUBIC))
+    expected = np.where(hidden, filled, original)
+    assert np.array_equal(np.asarray(composite.image), expected)
+    assert not np.array_equal(expected, original)
+    panels = [Image.fromarray(original), Image.fromarray(np.where(hidden, np.uint8(128), original)),
+              result.predicted.resize((203, 301), Image.Resampling.BICUBIC), Image.fromarray(expected)]
+    assert np.array_equal(np.asarray(grid.image), np.asarray(side_by_side(panels)))

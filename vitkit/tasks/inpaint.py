@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import default_collate
@@ -146,13 +145,15 @@ class InpaintTask:
         """The composite (and the grid) at the original's full size. Runs in the output stage."""
         original = decode_image(path, DecodeOptions(max_pixels=self.options.max_pixels)).image  # full, upright
         size = original.size
-        hidden = pixel_mask(result.patches, *size)[..., None]  # (H, W, 1)
-        pixels = np.asarray(original)
-        filled = np.asarray(result.pasted.resize(size, Image.Resampling.BICUBIC))
-        composite = Image.fromarray(np.where(hidden, filled, pixels), "RGB")
+        # Pasted through a 1-bit mask, in place: no full-size array copies of the image. At 12 MP that
+        # halves what each output thread holds (about 100 MiB instead of 200), with the same pixels.
+        hidden = Image.fromarray(pixel_mask(result.patches, *size))  # mode "1", (W, H)
+        composite = original.copy() if self.options.grid else original
+        composite.paste(result.pasted.resize(size, Image.Resampling.BICUBIC), (0, 0), hidden)
         files = [ImageFile("output", self.planner.path_for(path, "inpaint", "png"), composite, {"format": "PNG"})]
         if self.options.grid:
-            masked_view = Image.fromarray(np.where(hidden, np.uint8(MASKED_GREY), pixels), "RGB")
+            masked_view = original.copy()
+            masked_view.paste((MASKED_GREY,) * 3, (0, 0, *size), hidden)
             predicted = result.predicted.resize(size, Image.Resampling.BICUBIC)
             sheet = side_by_side([original, masked_view, predicted, composite])
             # for looking at: fast to write
