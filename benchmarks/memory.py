@@ -13,9 +13,9 @@ Peak memory is the whole child's maximum resident set as GNU `/usr/bin/time -f %
 where that is missing, the child's own VmHWM read by an atexit handler. The two differ by what native
 libraries touch after that handler: with torch 2.14's CUDA build, its C exit() alone adds about 129 MB
 (`python -c "import torch"`: 650 MB by GNU time, 521 MB by VmHWM), so the fallback reads low by that.
-Decoding runs in the child itself
-(--workers 0 unless told otherwise), so the figure covers the whole pipeline on any machine; files are
-made on min(4, cores) output threads, so --cpus (default 2) also sets how many renders overlap.
+Decoding runs in the child itself (--workers 0 unless told otherwise), so the figure covers the whole
+pipeline on any machine; files are made on min(4, cores) output threads, so --cpus (default 2) also sets
+how many renders overlap.
 The 1,500,000 KiB target (issue 17) applies to segment; the other commands are listed so regressions show.
 """
 
@@ -77,6 +77,7 @@ class Row:
     batch_size: int
     peak_kib: int | None = None
     seconds: float | None = None
+    has_target: bool = False
     files_written: int = 0
     error: str | None = None
 
@@ -84,8 +85,9 @@ class Row:
     def peak_mb(self) -> float | None:
         return None if self.peak_kib is None else self.peak_kib * 1024 / 1e6
 
-    def meets_target(self, has_target: bool) -> str:
-        if not has_target or self.peak_kib is None:
+    @property
+    def meets_target(self) -> str:
+        if not self.has_target or self.peak_kib is None:
             return "-"
         return "yes" if self.peak_kib <= TARGET_KIB else "NO"
 
@@ -137,7 +139,7 @@ def measure(row: Row, argv: list[str], peak_file: Path, env: dict[str, str]) -> 
 def run_case(case: Case, model_dir: Path, images: Path, work: Path, batch_size: int, workers: int,
              timer: str | None, env: dict[str, str]) -> Row:
     count = sum(1 for _ in images.iterdir())
-    row = Row(case.name, case.command, case.heads, count, batch_size)
+    row = Row(case.name, case.command, case.heads, count, batch_size, has_target=case.has_target)
     out_dir, records, peak_file = work / case.name, work / f"{case.name}.jsonl", work / f"{case.name}.peak"
     vitkit_args = [case.command, str(images), *case.args, "--model", str(model_dir), "--device", "cpu",
                    "--batch-size", str(batch_size), "--workers", str(workers), "--output", str(records), "--quiet"]
@@ -178,18 +180,24 @@ def child_environment(home: Path, threads: int) -> dict[str, str]:
     return env
 
 
-def print_rows(rows: list[Row], cases: list[Case]) -> None:
-    has_target = {c.name: c.has_target for c in cases} | {"imports only": False}
+def print_rows(rows: list[Row]) -> None:
     titles = ("command", "mode / heads", "images", "batch", "peak KiB", "peak MB", "seconds",
               f"<= {TARGET_KIB:,} KiB", "files")
     table = [[r.case, r.heads, str(r.images or "-"), str(r.batch_size or "-"),
               "-" if r.peak_kib is None else f"{r.peak_kib:,}", "-" if r.peak_mb is None else f"{r.peak_mb:,.0f}",
-              f"{r.seconds:.1f}", r.meets_target(has_target[r.case]), str(r.files_written)] for r in rows]
+              f"{r.seconds:.1f}", r.meets_target, str(r.files_written)] for r in rows]
     widths = [max(len(t), *(len(line[i]) for line in table)) for i, t in enumerate(titles)]
     print("  ".join(t.ljust(w) if i < 2 else t.rjust(w) for i, (t, w) in enumerate(zip(titles, widths))))
     for row, line in zip(rows, table):
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
               + (f"  FAILED: {row.error}" if row.error else ""))
+
+
+def total_memory_gib() -> float:
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")) / 2**20
+    return float("nan")
 
 
 def main() -> int:
@@ -225,6 +233,7 @@ def main() -> int:
         jpeg_mb = statistics.mean(os.path.getsize(p) for p in paths) / 1e6
         with contextlib.redirect_stdout(human):
             print_header(cpus)
+            print(f"memory: {total_memory_gib():.1f} GiB in all")
             print(f"images: {args.batch} JPEG {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.1f} MP), q90, "
                   f"{args.content}, mean {jpeg_mb:.2f} MB; --device cpu --workers {args.workers} "
                   f"--batch-size {batch_size}")
@@ -239,14 +248,14 @@ def main() -> int:
             print(f"  {case.name}: {rows[-1].peak_kib} KiB, {rows[-1].seconds:.1f} s"
                   + (f" FAILED: {rows[-1].error}" if rows[-1].error else ""), file=sys.stderr)
     if args.json:
-        has_target = {c.name: c.has_target for c in cases} | {"imports only": False}
-        print(json.dumps({"size": list(size), "images": args.batch, "batch_size": batch_size, "jpeg_mb": round(jpeg_mb, 3),
+        print(json.dumps({"size": list(size), "images": args.batch, "batch_size": batch_size,
+                          "jpeg_mb": round(jpeg_mb, 3),
                           "workers": args.workers, "cpus": len(cpus), "target_kib": TARGET_KIB,
                           "peak_source": timer or "VmHWM",
-                          "rows": [{**asdict(r), "peak_mb": r.peak_mb, "meets_target": r.meets_target(has_target[r.case])}
+                          "rows": [{**asdict(r), "peak_mb": r.peak_mb, "meets_target": r.meets_target}
                                    for r in rows]}, indent=2))
     else:
-        print_rows(rows, cases)
+        print_rows(rows)
     return 1 if any(r.error for r in rows) else 0
 
 
