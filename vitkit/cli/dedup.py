@@ -27,7 +27,7 @@ def dedup(folders: Folders = None, threshold: Threshold = None, keep: Keep = "la
           model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
     """Find duplicate images (exact copies, near copies, similar shots); given folders are indexed first.
 
-    Example: vitkit dedup ~/Pictures --paths-only --print0 | xargs -0 mv -t ~/duplicates/
+    Example: vitkit dedup ~/Pictures --paths-only --print0 | xargs -0 mv --target-directory ~/duplicates/
     """
     if print0 and not paths_only:
         raise UsageError("--print0 goes with --paths-only")

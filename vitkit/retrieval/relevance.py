@@ -53,14 +53,13 @@ def collapse_duplicates(index: IndexReader, hits: Sequence[Hit], threshold: floa
     item_rows, items = np.unique(rows, return_inverse=True)
     first_hit = {int(item): hits[i].path for i, item in reversed(list(enumerate(items)))}
     hashes = PerceptualHashes(first_hit.__getitem__)
-    known = item_rows >= 0
-    labels = np.arange(len(item_rows))
-    if known.sum() > 1:
+    known = np.flatnonzero(item_rows >= 0)  # items whose vector the snapshot has
+    labels = np.arange(len(item_rows))  # every item its own group, until linked
+    if len(known) > 1:
         search = ExactNeighbours(snapshot.vectors, item_rows[known])
-        links = link_items(search, threshold, near_floor, lambda a, b: hashes.agree(np.flatnonzero(known)[a],
-                                                                                       np.flatnonzero(known)[b]),
-                           k=len(search) - 1)
-        labels[known] = links.linked + len(item_rows)
+        links = link_items(search, threshold, near_floor, lambda a, b: hashes.agree(known[a], known[b]),
+                           k=len(known) - 1)
+        labels[known] = links.linked + len(item_rows)  # offset: never equal to an unlinked item's label
     kept: dict[int, int] = {}
     duplicates: dict[int, list[str]] = {}
     for i, item in enumerate(items):
