@@ -168,3 +168,12 @@ def test_library_dedup_equals_cli(duplicates, dedup_index: Path, tiny_open_clip_
     assert groups[0].duplicates[0].tier == "exact"
     with pytest.raises(vitkit.VitkitError, match="keep rule"):
         list(vitkit.dedup(str(folder), model=str(tiny_open_clip_dir), index_dir=str(dedup_index), keep="biggest"))
+
+
+def test_folders_restrict_the_groups(duplicates, dedup_index: Path, tiny_open_clip_dir: Path) -> None:
+    """The index also holds the originals and variants; dedup of copies/ looks only inside it."""
+    folder, _ = duplicates
+    assert dedup_cmd(folder / "copies", tiny_open_clip_dir, dedup_index, "--threshold", NO_SIMILAR) == []
+    table = runner.invoke(app, ["dedup", str(folder / "copies"), "--model", str(tiny_open_clip_dir),
+                                "--index", str(dedup_index), "--threshold", NO_SIMILAR, "--format", "table"])
+    assert table.exit_code == 0 and table.stdout == f"no duplicates among {len(GOOD_SAMPLES)} files\n"
