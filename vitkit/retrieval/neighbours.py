@@ -47,9 +47,12 @@ class ExactNeighbours:
     """Exact neighbours of `rows` of a (R, D) float16 vector file (unit rows), in bounded memory: a
     running top-k per item ((n, k) scores and items) and one block of scores at a time."""
 
-    def __init__(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+    def __init__(self, vectors: np.ndarray, rows: np.ndarray, query_limit: int | None = None) -> None:
         self.vectors = vectors
         self.rows = np.asarray(rows, dtype=np.int64)
+        # Benchmarks only: score just the first query_limit items' blocks (memory peaks in the first block,
+        # when the whole top-k exists and every candidate block has been read); pairs are then incomplete.
+        self.query_limit = query_limit
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,7 +68,7 @@ class ExactNeighbours:
         items = torch.full((n, k), -1, dtype=torch.int64)  # (n, k) their positions
         # Each unordered pair is scored once: query block [a, a + B) against candidates [a, n). A score
         # feeds the query's top-k and, for candidates past the query block, the candidate's too.
-        for a in range(0, n, QUERY_BLOCK):
+        for a in range(0, n if self.query_limit is None else min(n, self.query_limit), QUERY_BLOCK):
             b = min(a + QUERY_BLOCK, n)
             queries = self._load(a, b)  # (B, D)
             for c in range(a, n, CANDIDATE_BLOCK):
