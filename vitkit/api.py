@@ -126,14 +126,32 @@ def index(folders: str | Sequence[str] | None = None, *, index_dir: str | None =
 
 
 def search(text: str | None = None, *, image: str | None = None, folders: str | Sequence[str] | None = None,
-           top_k: int = 10, threshold: float | None = None, index_dir: str | None = None, rebuild: bool = False,
-           wait: float = 0.0, html: str | None = None, **options: Unpack[Options]) -> Iterator[Fields]:
+           top_k: int = 10, threshold: float | None = None, min_score: float | None = None,
+           relative: float | None = None, collapse_duplicates: bool = False, index_dir: str | None = None,
+           rebuild: bool = False, wait: float = 0.0, html: str | None = None,
+           **options: Unpack[Options]) -> Iterator[Fields]:
     """Images matching `text` (or like `image`), best first, after indexing `folders` incrementally:
-    `hit.rank, hit.path, hit.score` (cosine)."""
+    `hit.rank, hit.path, hit.score` (cosine). After ranking, `min_score` drops hits below it and
+    `relative` those more than it below the best (nothing relevant: no hits); `collapse_duplicates`
+    keeps one hit per duplicate group, the others in `hit.duplicates`."""
     quiet = options.pop("quiet", False)
     model, batch = split_options(dict(options), ModelOptions, BatchOptions)
     listing = jobs.run_search(text, image, _as_list(folders) or [], model, batch, top_k=top_k, threshold=threshold,
+                              min_score=min_score, relative=relative, collapse_duplicates=collapse_duplicates,
                               index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet)
+    return iter([Fields(row) for row in listing.rows])
+
+
+def dedup(folders: str | Sequence[str] | None = None, *, threshold: float | None = None, keep: str = "largest",
+          index_dir: str | None = None, rebuild: bool = False, wait: float = 0.0, html: str | None = None,
+          **options: Unpack[Options]) -> Iterator[Fields]:
+    """Groups of duplicate images under `folders` (indexed incrementally first; None: the whole index),
+    each naming the file to keep: `group.group, group.keep, group.duplicates[i].path, .tier, .score`
+    (tier exact, near or similar, relative to the kept file). Nothing is deleted."""
+    quiet = options.pop("quiet", False)
+    model, batch = split_options(dict(options), ModelOptions, BatchOptions)
+    listing = jobs.run_dedup(_as_list(folders) or [], model, batch, threshold=threshold, keep=keep,
+                             index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet)
     return iter([Fields(row) for row in listing.rows])
 
 

@@ -172,23 +172,57 @@ def run_index(folders: Sequence[str] | None, model: ModelOptions, batch: BatchOp
 
 def run_search(text: str | None, image: str | None, folders: Sequence[str], model: ModelOptions,
                batch: BatchOptions, *, top_k: int = 10, threshold: float | None = None,
+               min_score: float | None = None, relative: float | None = None, collapse_duplicates: bool = False,
                index_dir: str | None = None, rebuild: bool = False, wait: float = 0.0, html: str | None = None,
                quiet: bool = False) -> Listing:
-    """One query against the index, after indexing `folders` incrementally; one row per hit, best first."""
+    """One query against the index, after indexing `folders` incrementally; one row per hit, best first.
+    `min_score` and `relative` drop weak hits after ranking (nothing left: no rows and a note on stderr);
+    `collapse_duplicates` keeps one hit per duplicate group, with the others in its `duplicates`."""
     from vitkit.pipeline import write_sheet
-    from vitkit.retrieval.search import SEARCH_LAYOUT, search_images
+    from vitkit.retrieval.relevance import check_floor
+    from vitkit.retrieval.search import SEARCH_LAYOUT, Relevance, search_images
     from vitkit.runtime.distributed import refuse_launch
 
     refuse_launch("search", "build the index under torchrun (`vitkit index`), then search in one process")
     if bool(text) == bool(image):
         raise UsageError("give one query: --text 'a dog on a beach' or --image FILE")
     check_threshold(threshold, probability=False)  # a cosine
+    check_floor(min_score, relative)
     options = _index_options(model, batch, index_dir, rebuild, wait)
-    result = search_images(text, image, folders, top_k, threshold, options, Reporter(quiet=quiet))
+    reporter = Reporter(quiet=quiet)
+    relevance = Relevance(min_score, relative, collapse_duplicates)
+    result = search_images(text, image, folders, top_k, threshold, options, reporter, relevance)
     rows = [{"rank": rank, "path": hit.path, "score": hit.score} for rank, hit in enumerate(result.hits, 1)]
+    if result.duplicates is not None:
+        for row in rows:
+            row["duplicates"] = list(result.duplicates[row["path"]])
+    if not rows and (min_score is not None or relative is not None):
+        reporter.message("nothing relevant: no hit reached --min-score/--relative; try a lower floor")
     if html:
         write_sheet(html, rows, SEARCH_LAYOUT, f"query: {text or image}")
     return Listing(rows, result.counts.failed, SEARCH_LAYOUT)
+
+
+def run_dedup(folders: Sequence[str], model: ModelOptions, batch: BatchOptions, *, threshold: float | None = None,
+              keep: str = "largest", index_dir: str | None = None, rebuild: bool = False, wait: float = 0.0,
+              html: str | None = None, quiet: bool = False) -> Listing:
+    """Duplicate groups among the files under `folders` (indexed incrementally first; none: the whole
+    index), one row per group: `{group, keep, duplicates: [{path, tier, score}]}`."""
+    from vitkit.outputs.groups import DEDUP_LAYOUT, describe_groups, group_records, write_group_page
+    from vitkit.retrieval.dedup import DEFAULT_THRESHOLD, find_duplicates
+    from vitkit.runtime.distributed import refuse_launch
+
+    refuse_launch("dedup", "build the index under torchrun (`vitkit index`), then run dedup in one process")
+    reporter = Reporter(quiet=quiet)
+    options = _index_options(model, batch, index_dir, rebuild, wait)
+    result = find_duplicates(folders, DEFAULT_THRESHOLD if threshold is None else threshold, keep, options, reporter)
+    if result.unhashable:
+        reporter.message(f"{result.unhashable} files could not be decoded for the perceptual hash; "
+                         "they can only be exact or similar duplicates")
+    rows = group_records(result.groups)
+    if html:
+        write_group_page(html, rows, f"{len(rows)} groups among {result.files} files")
+    return Listing(rows, result.counts.failed, DEDUP_LAYOUT, summary=describe_groups(rows, result.files))
 
 
 def run_bench(model: ModelOptions, batch: BatchOptions, *, images: int = 64, size: str = "1920x1080",

@@ -121,6 +121,7 @@ def _register() -> None:
     from vitkit.cli.bench import bench
     from vitkit.cli.caption import caption
     from vitkit.cli.classify import classify
+    from vitkit.cli.dedup import dedup
     from vitkit.cli.detect import detect
     from vitkit.cli.index import index
     from vitkit.cli.inpaint import inpaint
@@ -131,6 +132,7 @@ def _register() -> None:
     app.command("classify", no_args_is_help=True)(classify)
     app.command("bench")(bench)
     app.command("caption", no_args_is_help=True)(caption)
+    app.command("dedup", no_args_is_help=True)(dedup)
     app.command("detect", no_args_is_help=True)(detect)
     app.command("label", no_args_is_help=True)(label)
     app.command("index", no_args_is_help=True)(index)

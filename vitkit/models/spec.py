@@ -20,7 +20,7 @@ INPAINT = "inpaint"
 CAPABILITIES = (CLASSIFY, LABEL, EMBED, CAPTION, DETECT, SEGMENT, INPAINT)
 
 # The commands that use a capability, where that is not the capability's own name.
-COMMANDS_FOR_CAPABILITY = {EMBED: ("index", "search")}
+COMMANDS_FOR_CAPABILITY = {EMBED: ("index", "search", "dedup")}
 # ... and the other way round: the capability each command needs (`embed` is a library function too).
 CAPABILITY_OF_COMMAND = {**{c: c for c in CAPABILITIES},
                          **{command: c for c, commands in COMMANDS_FOR_CAPABILITY.items() for command in commands}}

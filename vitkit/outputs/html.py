@@ -60,7 +60,22 @@ def render_contact_sheet(tiles: Sequence[Tile], title: str, subtitle: str = "", 
     """The page as text; every surrogate is already replaced, so it always encodes as UTF-8."""
     if thumb_size < 1:
         raise UsageError(f"thumbnail size must be a positive number of pixels, not {thumb_size}")
-    body = "\n".join(_render_tile(tile, thumb_size) for tile in tiles)
+    body = '<main class="grid">\n' + "\n".join(_render_tile(tile, thumb_size) for tile in tiles) + "\n</main>"
+    return _page(title, _render_header(tiles, title, subtitle), body, thumb_size)
+
+
+def write_group_sheet(output: str | Path, groups: Sequence[tuple[str, Sequence[Tile]]], title: str,
+                      subtitle: str = "", thumb_size: int = 192) -> None:
+    """One HTML page with a row of tiles per (heading, tiles) group, side by side (dedup's groups)."""
+    tiles = [tile for _, group in groups for tile in group]
+    body = "\n".join(f'<section class="group">\n<h2>{_text(heading)}</h2>\n<div class="row">\n'
+                     + "\n".join(_render_tile(tile, thumb_size) for tile in group) + "\n</div>\n</section>"
+                     for heading, group in groups)
+    with open_output(os.fspath(output)) as stream:
+        stream.write(_page(title, _render_header(tiles, title, subtitle), body, thumb_size))
+
+
+def _page(title: str, header: str, body: str, thumb_size: int) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -71,10 +86,8 @@ def render_contact_sheet(tiles: Sequence[Tile], title: str, subtitle: str = "", 
 <style>{_stylesheet(thumb_size)}</style>
 </head>
 <body>
-{_render_header(tiles, title, subtitle)}
-<main class="grid">
+{header}
 {body}
-</main>
 </body>
 </html>
 """
@@ -165,5 +178,9 @@ h1 {{ margin: 0 0 .25rem; font-size: 1.5rem; overflow-wrap: anywhere; }}
 .nopreview {{ color: #656d76; font-style: italic; }}
 figcaption {{ display: flex; flex-direction: column; min-width: 0; }}
 .name {{ font-weight: 600; overflow-wrap: anywhere; }}
+.group {{ margin-bottom: 1.5rem; }}
+.group h2 {{ margin: 0 0 .5rem; font-size: 1rem; overflow-wrap: anywhere; }}
+.row {{ display: flex; gap: 1rem; overflow-x: auto; }}
+.row .tile {{ flex: 0 0 {thumb_size + 16}px; }}
 .line {{ color: #424a53; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }}
 """

@@ -13,7 +13,8 @@ from vitkit.errors import UsageError
 from vitkit.inputs.discover import InputItem
 from vitkit.outputs.records import RecordLayout
 from vitkit.retrieval.exact import Hit
-from vitkit.retrieval.store import open_reader
+from vitkit.retrieval.relevance import Collapsed, apply_floor, collapse_duplicates
+from vitkit.retrieval.store import IndexReader, open_reader
 from vitkit.retrieval.update import (
     IndexCounts, IndexOptions, get_model_key, get_model_ref, index_folders, load_embed_task,
 )
@@ -30,17 +31,31 @@ SEARCH_LAYOUT = RecordLayout(
 )
 
 
+# With --collapse-duplicates, search first asks for this many times top_k hits (more if groups swallow them).
+COLLAPSE_OVERFETCH = 4
+
+
 @dataclass(frozen=True)
 class SearchResult:
     hits: list[Hit]
     counts: IndexCounts  # of the incremental update that ran first (all zero when no folders were given)
+    duplicates: dict[str, tuple[str, ...]] | None = None  # with collapse: a hit's path -> its group's other hits
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """What search keeps after ranking (all off by default)."""
+
+    min_score: float | None = None  # absolute cosine floor
+    relative: float | None = None  # keep hits within this much of the best score
+    collapse_duplicates: bool = False  # one hit per duplicate group (dedup's tiers, default threshold)
 
 
 def search_images(text: str | None, image: str | None, folders: Sequence[str] = (), top_k: int = 10,
                   threshold: float | None = None, options: IndexOptions = IndexOptions(),
-                  reporter: Reporter | None = None) -> SearchResult:
+                  reporter: Reporter | None = None, relevance: Relevance = Relevance()) -> SearchResult:
     """The top_k files most like the text (or image), best first; `folders` are indexed first and
-    restrict the results to them."""
+    restrict the results to them. `relevance` then collapses duplicates and drops weak hits."""
     if (text is None) == (image is None):
         raise UsageError("give one query: text or an image, not both or neither",
                          hint="--text 'a dog on a beach' or --image FILE (text= or image= in Python)")
@@ -50,8 +65,27 @@ def search_images(text: str | None, image: str | None, folders: Sequence[str] = 
     # Opened before the model loads: a missing index or one made by another model fails at once.
     with open_reader(indexed.folder, get_model_key(spec), get_model_ref(spec)) as index:
         query = embed_query(indexed.task or load_embed_task(spec, options), text, image)
-        [hits] = index.search(query, k=top_k, threshold=threshold, under=under)
-    return SearchResult(hits, indexed.counts)
+        if not relevance.collapse_duplicates:
+            [hits] = index.search(query, k=top_k, threshold=threshold, under=under)
+            return SearchResult(apply_floor(hits, relevance.min_score, relevance.relative), indexed.counts)
+        collapsed = _collapsed_search(index, query, top_k, threshold, under)
+    hits = apply_floor(collapsed.hits[:top_k], relevance.min_score, relevance.relative)
+    return SearchResult(hits, indexed.counts, {hit.path: collapsed.duplicates[hit.path] for hit in hits})
+
+
+def _collapsed_search(index: IndexReader, query: np.ndarray, top_k: int, threshold: float | None,
+                      under: list[str] | None) -> Collapsed:
+    """At least top_k groups' best hits when the index has them, asking for more hits while groups
+    swallow them."""
+    from vitkit.retrieval.dedup import DEFAULT_THRESHOLD, NEAR_FLOOR
+
+    fetch = top_k * COLLAPSE_OVERFETCH
+    while True:
+        [hits] = index.search(query, k=fetch, threshold=threshold, under=under)
+        collapsed = collapse_duplicates(index, hits, DEFAULT_THRESHOLD, NEAR_FLOOR)
+        if len(collapsed.hits) >= top_k or len(hits) < fetch:
+            return collapsed
+        fetch *= COLLAPSE_OVERFETCH
 
 
 def embed_query(task: EmbedTask, text: str | None, image: str | None) -> np.ndarray:

@@ -143,6 +143,11 @@ class IndexReader:
             self._buffer = new_buffer(len(snapshot.paths), self.dim, self._buffer)
         return search_snapshot(snapshot, q, k, threshold, under, self._buffer)
 
+    def snapshot(self) -> Snapshot:
+        """The latest committed state: sorted paths, their vector rows and the mapped vector file
+        (for code that reads the vectors themselves, such as dedup)."""
+        return self._snapshot()
+
     def _snapshot(self) -> Snapshot:
         # data_version changes whenever another connection commits, so a long-lived reader still sees
         # new rows; a writer's own commits reset the cache instead.
