@@ -22,9 +22,10 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# The first pass reads the map in slices this big (rows are a view, not a copy: 64 MiB ran ~10% faster
-# than 4 MiB at 1M x 512) and gathers scattered rows in copies of GATHER_BYTES.
-SEARCH_BUFFER_BYTES = 64 << 20
+# The first pass multiplies slices of the map this big (views, not copies) and gathers scattered rows
+# in copies of GATHER_BYTES. Few big products: on a loaded 2-core machine each product's thread
+# hand-off costs the most, and 2 MiB slices ran ~10x slower than one product over the whole 1 GiB.
+SEARCH_BUFFER_BYTES = 1 << 30
 GATHER_BYTES = 8 << 20
 # Scores of one group of queries are kept whole (float16, rows x queries), in at most this many bytes.
 SCORE_BYTES = 64 << 20
@@ -58,6 +59,10 @@ class Snapshot:
     def sorted_rows(self) -> np.ndarray:
         return self.rows[self.by_row]
 
+    @cached_property
+    def distinct_rows(self) -> np.ndarray:
+        return _distinct(self.sorted_rows)
+
 
 def search_snapshot(snapshot: Snapshot, queries: np.ndarray, k: int, threshold: float | None,
                     under: Sequence[str] | None) -> list[list[Hit]]:
@@ -69,7 +74,7 @@ def search_snapshot(snapshot: Snapshot, queries: np.ndarray, k: int, threshold: 
         entry_rows = snapshot.rows[entries]
     if len(entries) == 0:
         return [[] for _ in range(len(queries))]
-    scope = np.unique(entry_rows)  # sorted
+    scope = snapshot.distinct_rows if under is None else _distinct(entry_rows)
     if len(scope) > GATHER_SHARE * len(snapshot.vectors):
         scope = None  # cheaper to read the whole file in order; rows outside have no files in scope
 
@@ -92,20 +97,18 @@ def search_rows(vectors: np.ndarray, scope: np.ndarray | None, lookup: Lookup, q
     results: list[list[Hit]] = []
     for start in range(0, len(queries), group):
         q = queries[start:start + group]
-        scores = first_pass(vectors, scope, torch.from_numpy(q).half())  # (count, G) float16
+        scores = first_pass(vectors, scope, torch.from_numpy(q).half())  # (G, count) float16
         for i, query in enumerate(q):
-            rough = scores[:, i].float().numpy()
-            results.append(_exact_top_k(vectors, scope, lookup, rough, query, k, threshold))
+            results.append(_exact_top_k(vectors, scope, lookup, scores[i], query, k, threshold))
     return results
 
 
 def first_pass(vectors: np.ndarray, scope: np.ndarray | None, q16: torch.Tensor) -> torch.Tensor:
-    """(count, Q) float16 rough scores of the rows in `scope` (or all rows); unreadable ones (NaN: bytes
-    a writer is still appending, which no committed file uses) become -inf."""
+    """(Q, count) float16 rough scores of the rows in `scope` (or all rows)."""
     import torch
 
     count = len(vectors) if scope is None else len(scope)
-    scores = torch.empty((count, len(q16)), dtype=torch.float16)
+    scores = torch.empty((len(q16), count), dtype=torch.float16)
     dim = vectors.shape[1]
     step = max(1, (SEARCH_BUFFER_BYTES if scope is None else GATHER_BYTES) // (dim * 2))
     with warnings.catch_warnings():
@@ -114,8 +117,11 @@ def first_pass(vectors: np.ndarray, scope: np.ndarray | None, q16: torch.Tensor)
         for begin in range(0, count, step):
             end = min(begin + step, count)
             block = vectors[begin:end] if scope is None else _gather(vectors, scope[begin:end])
-            torch.mm(torch.from_numpy(np.asarray(block)), q16.T, out=scores[begin:end])
-    return torch.nan_to_num_(scores, nan=float("-inf"))
+            if begin == 0 and end == count:
+                torch.mm(q16, torch.from_numpy(np.asarray(block)).T, out=scores)
+            else:
+                scores[:, begin:end] = q16 @ torch.from_numpy(np.asarray(block)).T
+    return scores
 
 
 def first_pass_error(query: np.ndarray) -> float:
@@ -137,27 +143,36 @@ def exact_scores(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np
     return (stored * query.astype(np.float64)).sum(axis=1)
 
 
-def _exact_top_k(vectors: np.ndarray, scope: np.ndarray | None, lookup: Lookup, rough: np.ndarray,
+def _exact_top_k(vectors: np.ndarray, scope: np.ndarray | None, lookup: Lookup, rough: torch.Tensor,
                  query: np.ndarray, k: int, threshold: float | None) -> list[Hit]:
     """Why this is exact: with e the first-pass error bound and a the k-th best rough score among files,
     k files score at least a - e exactly, so every file of the true top k (ties included) has a rough
     score of at least a - 2e. Rows are looked up best rough score first until that bound is covered."""
+    import torch
+
     margin = 2 * first_pass_error(query)
-    wanted = min(len(rough), k + 16)
+    count = len(rough)
+    wanted = min(count, k + 16)
     while True:
-        top = np.argpartition(-rough, wanted - 1)[:wanted] if wanted < len(rough) else np.arange(len(rough))
-        floor = rough[top].min()
-        looked = np.flatnonzero(rough >= floor)  # positions, ties at the floor included
+        if wanted < count:
+            # Every row scoring above the floor is looked up (some at the floor may not be). NaN (bytes
+            # a writer is still appending, which no committed file uses) ranks first: it takes a place.
+            top = torch.topk(rough, wanted)
+            floor, looked = float(top.values[-1]), top.indices.numpy()
+        else:
+            floor, looked = -np.inf, np.arange(count)
         file_rows, paths = lookup(looked if scope is None else scope[looked])
         position = file_rows if scope is None else np.searchsorted(scope, file_rows)
-        rough_of_file = rough[position]
+        rough_of_file = rough[torch.from_numpy(position)].float().numpy()
         kth = -np.inf if len(file_rows) < k else np.partition(rough_of_file, len(file_rows) - k)[len(file_rows) - k]
-        if wanted == len(rough) or kth - margin >= floor:
+        if wanted == count or kth - margin > floor:
             break
-        wanted = min(len(rough), wanted * 4)
+        wanted = min(count, wanted * 4)
     keep = np.flatnonzero(rough_of_file >= kth - margin)
-    rows, inverse = np.unique(file_rows[keep], return_inverse=True)
-    scores = exact_scores(vectors, rows, query)[inverse]
+    rows = file_rows[keep]
+    order = np.argsort(rows)  # the map is read in row order
+    scores = np.empty(len(rows))
+    scores[order] = exact_scores(vectors, rows[order], query)
     ranked = sorted(zip(-scores, (paths[i] for i in keep)))[:k]
     return [Hit(path, float(-negative)) for negative, path in ranked if threshold is None or -negative >= threshold]
 
@@ -187,6 +202,11 @@ def _entries_under(snapshot: Snapshot, under: Sequence[str]) -> np.ndarray:
             inside[start] = True
         inside[bisect.bisect_left(snapshot.paths, lo):bisect.bisect_left(snapshot.paths, hi)] = True
     return snapshot.by_row[inside[snapshot.by_row]]
+
+
+def _distinct(ascending: np.ndarray) -> np.ndarray:
+    """The distinct values of a sorted array (np.unique hashes, and took ~1 s on 1M rows)."""
+    return ascending[np.concatenate(([True], ascending[1:] != ascending[:-1]))]
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
