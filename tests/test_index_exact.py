@@ -23,13 +23,29 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def near_ties(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(query, (N, D) vectors): 300 vectors a hair apart around the query, whose scores differ far less
-    than float16's resolution near 1 (2^-11), 8 exact copies of one of them, and 400 unrelated ones."""
+    """(query, (N, D) vectors) built to fool a float16 pass: 500 vectors whose exact scores all lie within
+    ~1e-4 of a midpoint between two float16 numbers, so which one a rough score rounds to is decided by
+    errors (the query's float16 rounding) as big as the gaps between exact scores; then 8 exact copies
+    of one of them and 300 unrelated vectors."""
     rng = np.random.default_rng(seed)
     query = unit(rng.standard_normal(DIM))
-    close = unit(query + rng.standard_normal((300, DIM)) * 2e-3)
+    midpoint = (round(0.7 * 2048) + 0.5) / 2048  # float16 steps by 2^-11 in [0.5, 1)
+    # Away from the query along its own float16 rounding error: there the rough scores err the most.
+    error = query.astype(np.float16).astype(np.float32) - query
+    away = np.outer(rng.choice([-1.0, 1.0], 500), unit(error)) + 0.3 * unit(rng.standard_normal((500, DIM)))
+    away = unit(away - np.outer(away @ query, query))  # orthogonal to the query
+    close = unit(midpoint * query + np.sqrt(1 - midpoint ** 2) * away)
     copies = np.repeat(close[7:8], 8, axis=0)
-    return query, np.concatenate([close, copies, unit(rng.standard_normal((400, DIM)))])
+    return query, np.concatenate([close, copies, unit(rng.standard_normal((300, DIM)))])
+
+
+def inversions(query: np.ndarray, vectors: np.ndarray, k: int) -> int:
+    """How many of the true top k rank below k by the rough scores: what the exact re-score must repair."""
+    stored = vectors.astype(np.float16)
+    rough = exact.first_pass(stored, None, torch.from_numpy(query[None]).half())[0].float().numpy()
+    truth = exact.exact_scores(stored, np.arange(len(stored)), query)
+    kth_rough = np.sort(rough)[-k]
+    return int(np.sum(rough[np.argsort(-truth)[:k]] < kth_rough))
 
 
 def build(folder: Path, vectors: np.ndarray, names: list[str]) -> None:
@@ -72,6 +88,7 @@ def test_near_ties_and_copies_rank_exactly_on_every_search_path(tmp_path: Path) 
     names[300:308] = [f"/photos/b/copy{7 - i}.jpg" for i in range(8)]  # copies: ties broken by path, not row
     build(tmp_path / "idx", vectors, names)
     k = 25
+    assert inversions(query, vectors, k) > 0  # else this test could not catch a first pass trusted as is
     expected = reference(names, vectors, query, k)
     with VectorIndex.open_for_reading(tmp_path / "idx", MODEL) as index:
         assert_exact(index.search(query[None], k=k)[0], expected)  # first search: files looked up in SQLite
