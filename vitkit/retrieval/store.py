@@ -179,7 +179,7 @@ class IndexReader:
         for _ in range(_SNAPSHOT_TRIES):
             with transaction(self._conn, "BEGIN"):  # meta and rows from one committed state
                 meta = read_meta(self._conn, self.folder)
-                pairs = self._conn.execute("SELECT path, row FROM files ORDER BY path").fetchall()
+                paths, rows = _paths_and_rows(self._conn)
             if (meta.model_key, meta.dim) != (self.model_key, self.dim):
                 raise IndexModelMismatchError(f"index {self.folder} was rebuilt with {meta.model_key} while open",
                                               hint="open it again")
@@ -187,10 +187,9 @@ class IndexReader:
                 vectors = map_vectors(self.folder / vectors_file_name(meta.generation), self.dim)
             except FileNotFoundError:
                 continue  # a rebuild or compact replaced the file after our snapshot; take a new one
-            rows = np.fromiter((row for _, row in pairs), dtype=np.int64, count=len(pairs))
             if len(rows) and rows.max() >= len(vectors):
                 raise damaged(self.folder, f"row {rows.max()} is in use but the vector file has {len(vectors)} rows")
-            return Snapshot(version, [path for path, _ in pairs], rows, np.argsort(rows, kind="stable"), vectors)
+            return Snapshot(version, paths, rows, np.argsort(rows, kind="stable"), vectors)
         raise damaged(self.folder, "its vector file keeps disappearing")
 
     def stats(self) -> IndexStats:
@@ -261,6 +260,22 @@ class IndexReader:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
+    """Every file's path, sorted, and its vector row. SQLite joins them into two strings (~2x faster at
+    1M files than a million row tuples); the ORDER BY subquery is not flattened into an aggregate, so
+    the strings follow it. Paths cannot hold NUL. Past SQLite's string limit, rows come one by one."""
+    query = ("SELECT CAST(group_concat(path, char(0)) AS BLOB), group_concat(row) "
+             "FROM (SELECT path, row FROM files ORDER BY path)")
+    try:
+        joined_paths, joined_rows = conn.execute(query).fetchone()
+    except sqlite3.DataError:  # SQLITE_TOOBIG
+        pairs = conn.execute("SELECT path, row FROM files ORDER BY path").fetchall()
+        return [path for path, _ in pairs], np.fromiter((row for _, row in pairs), dtype=np.int64, count=len(pairs))
+    if joined_paths is None:
+        return [], np.zeros(0, dtype=np.int64)
+    return joined_paths.decode().split("\0"), np.fromstring(joined_rows, dtype=np.int64, sep=",")
 
 
 def index_exists(folder: str | Path) -> bool:
