@@ -61,7 +61,7 @@ class Snapshot:
 
     @cached_property
     def distinct_rows(self) -> np.ndarray:
-        return _distinct(self.sorted_rows)
+        return distinct_sorted(self.sorted_rows)
 
 
 def search_snapshot(snapshot: Snapshot, queries: np.ndarray, k: int, threshold: float | None,
@@ -74,7 +74,7 @@ def search_snapshot(snapshot: Snapshot, queries: np.ndarray, k: int, threshold: 
         entry_rows = snapshot.rows[entries]
     if len(entries) == 0:
         return [[] for _ in range(len(queries))]
-    scope = snapshot.distinct_rows if under is None else _distinct(entry_rows)
+    scope = snapshot.distinct_rows if under is None else distinct_sorted(entry_rows)
     if len(scope) > GATHER_SHARE * len(snapshot.vectors):
         scope = None  # cheaper to read the whole file in order; rows outside have no files in scope
 
@@ -204,7 +204,7 @@ def _entries_under(snapshot: Snapshot, under: Sequence[str]) -> np.ndarray:
     return snapshot.by_row[inside[snapshot.by_row]]
 
 
-def _distinct(ascending: np.ndarray) -> np.ndarray:
+def distinct_sorted(ascending: np.ndarray) -> np.ndarray:
     """The distinct values of a sorted array (np.unique hashes, and took ~1 s on 1M rows)."""
     return ascending[np.concatenate(([True], ascending[1:] != ascending[:-1]))]
 

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from vitkit.errors import IndexError_, IndexModelMismatchError
-from vitkit.retrieval.exact import Hit, Snapshot, search_rows, search_snapshot
+from vitkit.retrieval.exact import (
+    GATHER_SHARE, Hit, Snapshot, distinct_sorted, folders, prefix_range, search_rows, search_snapshot,
+)
 from vitkit.retrieval.plan import FileState
 from vitkit.retrieval.schema import (
     DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, no_index, open_error,
@@ -137,18 +139,21 @@ class IndexReader:
         q = normalised(np.atleast_2d(queries), self.dim)
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         cached = self._snapshot_cache is not None and self._snapshot_cache.data_version == version
-        if under is None and len(q) == 1 and not cached and self._searched_version != version:
+        if len(q) == 1 and not cached and self._searched_version != version:
             # The first search of a committed state asks SQLite for the few files it needs (one scan per
             # query) instead of loading every path (~0.5 s at 1M files); the next search loads them.
             self._searched_version = version
-            hits = self._search_without_snapshot(q, k, threshold)
+            hits = self._search_without_snapshot(q, k, threshold, under)
             if hits is not None:
                 return hits
         return search_snapshot(self._snapshot(), q, k, threshold, under)
 
-    def _search_without_snapshot(self, queries: np.ndarray, k: int, threshold: float | None) -> list[list[Hit]] | None:
-        """Search every row of the vector file, looking up files by row in the same read transaction
-        (so every path is in that committed state); None when a rebuild or compact replaced the file."""
+    def _search_without_snapshot(self, queries: np.ndarray, k: int, threshold: float | None,
+                                 under: Sequence[str] | None) -> list[list[Hit]] | None:
+        """Search the vector rows of files in `under` (or every row), looking up files by row in the same
+        read transaction (so every path is in that committed state); None when a rebuild or compact
+        replaced the vector file."""
+        inside, bounds = _path_filter(under)
         with transaction(self._conn, "BEGIN"):
             meta = read_meta(self._conn, self.folder)
             if (meta.model_key, meta.dim) != (self.model_key, self.dim):
@@ -159,13 +164,26 @@ class IndexReader:
             except FileNotFoundError:
                 return None
 
+            scope = None
+            if under is not None:
+                # Each clause on its own uses the path index: the cost follows the folders' size.
+                joined = (self._conn.execute(f"SELECT group_concat(row) FROM files WHERE {clause}", values).fetchone()[0]
+                          for clause, values in zip(inside, bounds))
+                scope = distinct_sorted(np.sort(np.concatenate(
+                    [np.fromstring(text, dtype=np.int64, sep=",") for text in joined if text] or [np.zeros(0, np.int64)])))
+                if len(scope) == 0:
+                    return [[] for _ in range(len(queries))]
+                if len(scope) > GATHER_SHARE * len(vectors):
+                    scope = None  # cheaper to read the whole file in order; lookups keep to the folders
+            either = " OR ".join(f"({clause})" for clause in inside) or "1"
+
             def lookup(rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
                 # One scan of `files` (no index by row): ~0.1 s at 1M files, done once per search.
-                query = "SELECT path, row FROM files WHERE row IN (SELECT value FROM json_each(?))"
-                found = self._conn.execute(query, (json.dumps(rows.tolist()),)).fetchall()
+                query = f"SELECT path, row FROM files WHERE row IN (SELECT value FROM json_each(?)) AND ({either})"
+                found = self._conn.execute(query, (json.dumps(rows.tolist()), *sum(bounds, ()))).fetchall()
                 return np.array([row for _, row in found], dtype=np.int64), [path for path, _ in found]
 
-            return search_rows(vectors, None, lookup, queries, k, threshold)
+            return search_rows(vectors, scope, lookup, queries, k, threshold)
 
     def _snapshot(self) -> Snapshot:
         # data_version changes whenever another connection commits, so a long-lived reader still sees
@@ -260,6 +278,19 @@ class IndexReader:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _path_filter(under: Sequence[str] | None) -> tuple[list[str], list[tuple[str, ...]]]:
+    """SQL conditions (and their values) for files that are one of `under` or inside one of them."""
+    if under is None:
+        return [], []
+    inside: list[str] = []
+    bounds: list[tuple[str, ...]] = []
+    for folder in folders(under):
+        exact, lo, hi = prefix_range(folder)
+        inside += ["path = ?", "path >= ? AND path < ?"]
+        bounds += [(exact,), (lo, hi)]
+    return inside, bounds
 
 
 def _paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
