@@ -166,21 +166,18 @@ class IndexReader:
 
             scope = None
             if under is not None:
-                # Each clause on its own uses the path index: the cost follows the folders' size.
-                joined = (self._conn.execute(f"SELECT group_concat(row) FROM files WHERE {clause}", values).fetchone()[0]
-                          for clause, values in zip(inside, bounds))
-                scope = distinct_sorted(np.sort(np.concatenate(
-                    [np.fromstring(text, dtype=np.int64, sep=",") for text in joined if text] or [np.zeros(0, np.int64)])))
+                scope = _rows_under(self._conn, inside, bounds)
                 if len(scope) == 0:
                     return [[] for _ in range(len(queries))]
                 if len(scope) > GATHER_SHARE * len(vectors):
                     scope = None  # cheaper to read the whole file in order; lookups keep to the folders
             either = " OR ".join(f"({clause})" for clause in inside) or "1"
+            query = f"SELECT path, row FROM files WHERE row IN (SELECT value FROM json_each(?)) AND ({either})"
+            values = tuple(value for clause in bounds for value in clause)
 
             def lookup(rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
                 # One scan of `files` (no index by row): ~0.1 s at 1M files, done once per search.
-                query = f"SELECT path, row FROM files WHERE row IN (SELECT value FROM json_each(?)) AND ({either})"
-                found = self._conn.execute(query, (json.dumps(rows.tolist()), *sum(bounds, ()))).fetchall()
+                found = self._conn.execute(query, (json.dumps(rows.tolist()), *values)).fetchall()
                 return np.array([row for _, row in found], dtype=np.int64), [path for path, _ in found]
 
             return search_rows(vectors, scope, lookup, queries, k, threshold)
@@ -291,6 +288,17 @@ def _path_filter(under: Sequence[str] | None) -> tuple[list[str], list[tuple[str
         inside += ["path = ?", "path >= ? AND path < ?"]
         bounds += [(exact,), (lo, hi)]
     return inside, bounds
+
+
+def _rows_under(conn: sqlite3.Connection, inside: list[str], bounds: list[tuple[str, ...]]) -> np.ndarray:
+    """The distinct vector rows of the files matching any condition, sorted. Each condition is its own
+    query so that it uses the path index: the cost follows the folders' size, not the index's."""
+    found = [np.zeros(0, dtype=np.int64)]
+    for clause, values in zip(inside, bounds):
+        joined = conn.execute(f"SELECT group_concat(row) FROM files WHERE {clause}", values).fetchone()[0]
+        if joined:
+            found.append(np.fromstring(joined, dtype=np.int64, sep=","))
+    return distinct_sorted(np.sort(np.concatenate(found)))
 
 
 def _paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
