@@ -127,13 +127,16 @@ def index(folders: str | Sequence[str] | None = None, *, index_dir: str | None =
 
 def search(text: str | None = None, *, image: str | None = None, folders: str | Sequence[str] | None = None,
            top_k: int = 10, threshold: float | None = None, index_dir: str | None = None, rebuild: bool = False,
-           wait: float = 0.0, html: str | None = None, **options: Unpack[Options]) -> Iterator[Fields]:
+           wait: float = 0.0, html: str | None = None, exact: bool = False,
+           **options: Unpack[Options]) -> Iterator[Fields]:
     """Images matching `text` (or like `image`), best first, after indexing `folders` incrementally:
-    `hit.rank, hit.path, hit.score` (cosine)."""
+    `hit.rank, hit.path, hit.score` (cosine). Big indexes are searched approximately (candidates
+    re-ranked exactly); `exact=True` scores every image."""
     quiet = options.pop("quiet", False)
     model, batch = split_options(dict(options), ModelOptions, BatchOptions)
     listing = jobs.run_search(text, image, _as_list(folders) or [], model, batch, top_k=top_k, threshold=threshold,
-                              index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet)
+                              index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet,
+                              exact=exact)
     return iter([Fields(row) for row in listing.rows])
 
 

@@ -173,7 +173,7 @@ def run_index(folders: Sequence[str] | None, model: ModelOptions, batch: BatchOp
 def run_search(text: str | None, image: str | None, folders: Sequence[str], model: ModelOptions,
                batch: BatchOptions, *, top_k: int = 10, threshold: float | None = None,
                index_dir: str | None = None, rebuild: bool = False, wait: float = 0.0, html: str | None = None,
-               quiet: bool = False) -> Listing:
+               quiet: bool = False, exact: bool = False) -> Listing:
     """One query against the index, after indexing `folders` incrementally; one row per hit, best first."""
     from vitkit.pipeline import write_sheet
     from vitkit.retrieval.search import SEARCH_LAYOUT, search_images
@@ -184,7 +184,7 @@ def run_search(text: str | None, image: str | None, folders: Sequence[str], mode
         raise UsageError("give one query: --text 'a dog on a beach' or --image FILE")
     check_threshold(threshold, probability=False)  # a cosine
     options = _index_options(model, batch, index_dir, rebuild, wait)
-    result = search_images(text, image, folders, top_k, threshold, options, Reporter(quiet=quiet))
+    result = search_images(text, image, folders, top_k, threshold, options, Reporter(quiet=quiet), exact)
     rows = [{"rank": rank, "path": hit.path, "score": hit.score} for rank, hit in enumerate(result.hits, 1)]
     if html:
         write_sheet(html, rows, SEARCH_LAYOUT, f"query: {text or image}")

@@ -17,12 +17,15 @@ ImageQuery = Annotated[Optional[str], typer.Option("--image", "-i", metavar="FIL
 TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many results.")]
 Threshold = threshold_option("Drop results with a lower cosine score.")
 PathsOnly = Annotated[bool, typer.Option("--paths-only", help="Print bare paths, one a line, to pipe into other commands.")]
+Exact = Annotated[bool, typer.Option(
+    "--exact", help="Score every indexed image instead of searching approximately (as indexes of 50,000 "
+                    "images and more are; results are re-ranked exactly either way).")]
 Print0 = Annotated[bool, typer.Option("--print0", help="With --paths-only: end each path with NUL, not a newline (for xargs -0).")]
 
 
 @command(omit=("resume",))
 def search(folders: Folders = None, text: Text = None, image: ImageQuery = None, top_k: TopK = 10,
-           threshold: Threshold = None, paths_only: PathsOnly = False, print0: Print0 = False,
+           threshold: Threshold = None, exact: Exact = False, paths_only: PathsOnly = False, print0: Print0 = False,
            index_dir: IndexDir = None, rebuild: Rebuild = False, wait: Wait = 0.0, *, model: ModelOptions,
            batch: BatchOptions, out: OutputOptions) -> int:
     """Search indexed images by text or by example image; given folders are indexed (incrementally) first.
@@ -32,5 +35,6 @@ def search(folders: Folders = None, text: Text = None, image: ImageQuery = None,
     if print0 and not paths_only:
         raise UsageError("--print0 goes with --paths-only")
     listing = run_search(text, image, folders or [], model, batch, top_k=top_k, threshold=threshold,
-                         index_dir=index_dir, rebuild=rebuild, wait=wait, html=out.html, quiet=out.quiet)
+                         index_dir=index_dir, rebuild=rebuild, wait=wait, html=out.html, quiet=out.quiet,
+                         exact=exact)
     return write_paths(listing, out.output, "\0" if print0 else "\n") if paths_only else write_rows(listing, out)

@@ -38,9 +38,9 @@ class SearchResult:
 
 def search_images(text: str | None, image: str | None, folders: Sequence[str] = (), top_k: int = 10,
                   threshold: float | None = None, options: IndexOptions = IndexOptions(),
-                  reporter: Reporter | None = None) -> SearchResult:
+                  reporter: Reporter | None = None, exact: bool = False) -> SearchResult:
     """The top_k files most like the text (or image), best first; `folders` are indexed first and
-    restrict the results to them."""
+    restrict the results to them. Approximate on big indexes (see approximate.py) unless `exact`."""
     if (text is None) == (image is None):
         raise UsageError("give one query: text or an image, not both or neither",
                          hint="--text 'a dog on a beach' or --image FILE (text= or image= in Python)")
@@ -48,9 +48,11 @@ def search_images(text: str | None, image: str | None, folders: Sequence[str] = 
     spec = indexed.spec
     under = [os.path.abspath(f) for f in folders] or None
     # Opened before the model loads: a missing index or one made by another model fails at once.
+    reporter = reporter or Reporter(quiet=True)
     with open_reader(indexed.folder, get_model_key(spec), get_model_ref(spec)) as index:
+        index.warn = lambda text: reporter.message(f"warning: {text}")
         query = embed_query(indexed.task or load_embed_task(spec, options), text, image)
-        [hits] = index.search(query, k=top_k, threshold=threshold, under=under)
+        [hits] = index.search(query, k=top_k, threshold=threshold, under=under, exact=exact)
     return SearchResult(hits, indexed.counts)
 
 

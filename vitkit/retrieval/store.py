@@ -14,15 +14,18 @@ Readers touch only rows their SQLite snapshot refers to, so they can search whil
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitkit.errors import IndexError_, IndexModelMismatchError
+from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError
+from vitkit.retrieval import ann, approximate
 from vitkit.retrieval.exact import Hit, Snapshot, new_buffer, search_snapshot
+from vitkit.retrieval.lock import WriterLock
 from vitkit.retrieval.plan import FileState
 from vitkit.retrieval.schema import (
     DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, no_index, open_error,
@@ -117,6 +120,8 @@ class IndexReader:
         self._meta = meta
         self._snapshot_cache: Snapshot | None = None
         self._buffer: torch.Tensor | None = None
+        self._ann_cache: approximate.AnnView | None = None
+        self.warn: Callable[[str], None] = _warn_on_stderr  # search sets the command's reporter instead
 
     @property
     def model_key(self) -> str:
@@ -132,16 +137,40 @@ class IndexReader:
         return self._meta.model_ref or reference_for_key(self._meta.model_key)
 
     def search(self, queries: np.ndarray, k: int = 10, threshold: float | None = None,
-               under: Sequence[str] | None = None) -> list[list[Hit]]:
-        """Exact cosine search: for each query (row of (Q, D), or one (D,) vector) its k best files,
-        best first. Files sharing content are separate hits; `under` keeps files inside those folders."""
+               under: Sequence[str] | None = None, exact: bool = False) -> list[list[Hit]]:
+        """Cosine search: for each query (row of (Q, D), or one (D,) vector) its k best files, best
+        first. Files sharing content are separate hits; `under` keeps files inside those folders.
+        Approximate (re-ranked exactly) on big indexes unless `exact`; see approximate.py."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         q = normalised(np.atleast_2d(queries), self.dim)
         snapshot = self._snapshot()
+        if not exact and snapshot.paths and len(snapshot.paths) >= approximate.ann_min_files():
+            hits = approximate.search(snapshot, self._ann_view(snapshot), q, k, threshold, under)
+            if hits is not None:
+                return hits
         if snapshot.paths:
             self._buffer = new_buffer(len(snapshot.paths), self.dim, self._buffer)
         return search_snapshot(snapshot, q, k, threshold, under, self._buffer)
+
+    def _ann_view(self, snapshot: Snapshot) -> approximate.AnnView:
+        self._ann_cache = approximate.view(self.folder, snapshot, self.model_key, self._meta.generation, self.warn,
+                                           self._ann_cache, self._persist_ann)
+        return self._ann_cache
+
+    def _persist_ann(self, index: ann.AnnIndex) -> None:
+        """Save an ANN index this reader had to rebuild or sync, unless a writer holds the lock (it
+        saves its own when it closes)."""
+        try:
+            lock = WriterLock.acquire(self.folder)
+        except (IndexLockedError, OSError):
+            return
+        try:
+            ann.save(self.folder, index)
+        except OSError:
+            pass  # a read-only index folder: searching still works, from the copy in memory
+        finally:
+            lock.release()
 
     def _snapshot(self) -> Snapshot:
         # data_version changes whenever another connection commits, so a long-lived reader still sees
@@ -232,12 +261,17 @@ class IndexReader:
         self._conn.close()
         self._snapshot_cache = None
         self._buffer = None
+        self._ann_cache = None
 
     def __enter__(self) -> IndexReader:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _warn_on_stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def index_exists(folder: str | Path) -> bool:

@@ -1,0 +1,134 @@
+"""Approximate search over one committed state of an index: ANN candidates, mapped through the SQLite
+snapshot (a row no file refers to any more is dropped) and re-ranked exactly from the float16 vectors.
+
+Used when the index holds at least `ann_min_files()` files (below that, exact search is faster) and
+not asked for exact results; a folder restriction holding fewer files than that is searched exactly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vitkit.retrieval import ann
+from vitkit.retrieval.exact import Hit, Snapshot, folders, prefix_range
+
+ANN_MIN_FILES_ENV = "VITKIT_ANN_MIN_FILES"
+# Measured with benchmarks/search.py on 2 cores: below this many files exact search is as fast.
+ANN_MIN_FILES = 50_000
+# Inverted lists each query scans, and how many candidates it re-ranks exactly: recall@10 >= 0.97
+# against exact search on the benchmark's clustered data at 300k and 1M (see README). Recall follows
+# the number of lists scanned more than the pool: past 100 candidates it hardly moved.
+PROBES = 32
+POOL = 100
+# A reader syncs its ANN copy in memory (and saves it, if no writer holds the lock) once this share of
+# the live rows is missing from it or dead in it; fewer are scored exactly or dropped at each query.
+_SYNC_FRACTION = 0.05
+
+
+def ann_min_files() -> int:
+    """Files from which search is approximate; VITKIT_ANN_MIN_FILES overrides (0: always, for tests)."""
+    value = os.environ.get(ANN_MIN_FILES_ENV, "")
+    return int(value) if value.strip().isdigit() else ANN_MIN_FILES
+
+
+@dataclass(frozen=True, eq=False)
+class AnnView:
+    """An ANN index seen through one snapshot: which rows are live and which live rows it lacks."""
+
+    snapshot: Snapshot
+    index: ann.AnnIndex
+    live_mask: np.ndarray  # (R,) bool: rows some file refers to
+    unindexed: np.ndarray  # live rows the ANN index lacks (scored exactly at each query)
+    rows_by_entry_row: np.ndarray  # (F,) snapshot.rows[snapshot.by_row], sorted: candidate rows -> entries
+
+
+def view(folder, snapshot: Snapshot, model_key: str, generation: int, warn: Callable[[str], None],
+         previous: AnnView | None, persist: Callable[[ann.AnnIndex], None]) -> AnnView:
+    """The ANN index for this snapshot: the previous one (or the saved one) if close enough, synced in
+    memory otherwise, rebuilt if unusable; a changed one is handed to `persist`."""
+    if previous is not None and previous.snapshot is snapshot:
+        return previous
+    live = ann.live_rows(snapshot.rows)
+    current = previous.index if previous is not None and previous.index.header.generation == generation else None
+    if current is None or _far_from(current.rows, live):
+        # The saved file may be newer than our copy (a writer synced it since); if it is unusable,
+        # ensure() below says why and rebuilds.
+        current = ann.load(folder, model_key, snapshot.vectors.shape[1], generation)[0] or current
+    if current is None or current.needs_retraining(len(live)) or _far_from(current.rows, live):
+        current, changed = ann.ensure(folder, snapshot.vectors, live, model_key, generation, warn, current)
+        if changed:
+            persist(current)
+    live_mask = np.zeros(len(snapshot.vectors), dtype=bool)
+    live_mask[live] = True
+    unindexed = np.setdiff1d(live, current.rows, assume_unique=True)
+    return AnnView(snapshot, current, live_mask, unindexed, snapshot.rows[snapshot.by_row])
+
+
+def search(snapshot: Snapshot, view_: AnnView, queries: np.ndarray, k: int, threshold: float | None,
+           under: Sequence[str] | None) -> list[list[Hit]] | None:
+    """For each unit query row of (Q, D), its k best files (ties broken by path), or None where exact
+    search should answer instead (a small folder restriction, or too few candidates to fill k)."""
+    inside = None if under is None else _inside(snapshot, under)
+    allowed = len(snapshot.paths) if inside is None else int(inside.sum())
+    if allowed < ann_min_files() or allowed == 0:
+        return None
+    share = allowed / len(snapshot.paths)
+    probes = min(view_.index.header.nlist, math.ceil(PROBES / share))  # a folder's files are spread over more lists
+    row_filter, extra = None, view_.unindexed
+    if inside is not None:
+        rows_inside = np.zeros(len(snapshot.vectors), dtype=bool)
+        rows_inside[snapshot.rows[inside]] = True
+        row_filter = np.packbits(rows_inside, bitorder="little")  # the bit order faiss's IDSelectorBitmap reads
+        extra = extra[rows_inside[extra]]
+    results = []
+    for query in queries:
+        found = view_.index.search(query[None], max(POOL, 4 * k), probes, row_filter)
+        found = found[found < len(view_.live_mask)]
+        rows = np.unique(np.concatenate([found[view_.live_mask[found]], extra]))
+        hits = _rank(snapshot, view_, rows, query, k, threshold, inside)
+        if hits is None:
+            return None
+        results.append(hits)
+    return results
+
+
+def _rank(snapshot: Snapshot, view_: AnnView, rows: np.ndarray, query: np.ndarray, k: int,
+          threshold: float | None, inside: np.ndarray | None) -> list[Hit] | None:
+    scores = np.asarray(snapshot.vectors[rows], dtype=np.float32) @ query  # exact, from the stored vectors
+    first = np.searchsorted(view_.rows_by_entry_row, rows, "left")
+    counts = np.searchsorted(view_.rows_by_entry_row, rows, "right") - first
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    entries = snapshot.by_row[np.repeat(first, counts) + offsets]  # every file sharing each candidate row
+    entry_scores = np.repeat(scores, counts)
+    if inside is not None:
+        keep = inside[entries]
+        entries, entry_scores = entries[keep], entry_scores[keep]
+    if len(entries) < k:
+        return None  # the scan found too few: exact search finds them all
+    order = np.lexsort((entries, -entry_scores))[:k]  # entries are in path order: ties break by path
+    return [Hit(snapshot.paths[e], float(s)) for s, e in zip(entry_scores[order], entries[order])
+            if threshold is None or s >= threshold]
+
+
+def _inside(snapshot: Snapshot, under: Sequence[str]) -> np.ndarray:
+    """(F,) bool: the entry's path is one of `under` or inside one of those folders."""
+    inside = np.zeros(len(snapshot.paths), dtype=bool)
+    for folder in folders(under):
+        exact, lo, hi = prefix_range(folder)
+        start = bisect.bisect_left(snapshot.paths, exact)
+        if start < len(snapshot.paths) and snapshot.paths[start] == exact:
+            inside[start] = True
+        inside[bisect.bisect_left(snapshot.paths, lo):bisect.bisect_left(snapshot.paths, hi)] = True
+    return inside
+
+
+def _far_from(rows: np.ndarray, live: np.ndarray) -> bool:
+    """Whether enough rows differ that syncing beats scoring the missing ones at every query."""
+    differing = len(rows) + len(live) - 2 * len(np.intersect1d(rows, live, assume_unique=True))
+    return differing > max(1_000, _SYNC_FRACTION * len(live))
