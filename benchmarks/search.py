@@ -5,7 +5,8 @@ Run from the repo root:  python benchmarks/search.py [--count N] [--json] [--dir
 
 Vectors are not uniform noise (which has no neighbourhoods and makes every ANN look bad) but a clustered
 mixture shaped like image embeddings, fixed by the constants below and --seed:
-  - CENTRES cluster centres, uniform on the unit sphere, with Zipf(1.5)-distributed cluster sizes;
+  - CENTRES cluster centres, uniform on the unit sphere, with log-normal(0, 1) cluster sizes (the
+    biggest cluster ~0.4% of the images, the smallest ~0.0003%);
   - every vector shares a common direction of norm CONE (CLIP embeddings sit in a narrow cone);
   - each vector = CONE * cone + centre + deviation, the deviation anisotropic: N(0, 1) per axis scaled
     by a power law (axis i gets i^-DECAY, rescaled to total norm SPREAD), the scales rolled by a per-centre
@@ -58,7 +59,7 @@ class Mixture:
         self.centres = _unit(rng.standard_normal((CENTRES, dim), dtype=np.float32))
         self.cone = _unit(rng.standard_normal((1, dim), dtype=np.float32))[0]
         self.shift = _unit(rng.standard_normal((1, dim), dtype=np.float32))[0]
-        self.sizes = rng.zipf(1.5, CENTRES).astype(np.float64)
+        self.sizes = rng.lognormal(0.0, 1.0, CENTRES)
         scales = np.arange(1, dim + 1, dtype=np.float32) ** -DECAY
         self.scales = scales * (SPREAD / np.linalg.norm(scales))
 
@@ -99,6 +100,7 @@ def build(folder: Path, mixture: Mixture, count: int, batch: int) -> tuple[float
             began = time.perf_counter()
             index.add(chunk)
             add_s += time.perf_counter() - began
+            progress(f"{start + len(chunk):,} added")
         began = time.perf_counter()
         index.sync_ann()
         ann_s = time.perf_counter() - began
@@ -135,10 +137,16 @@ def brute_force(matrix: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-scores[top])]
 
 
+def progress(text: str) -> None:
+    print(f"# {time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
 def measure(folder: Path, args: argparse.Namespace) -> dict:
     n, k = args.count, args.k
     mixture = Mixture(args.dim, args.seed)
+    progress(f"building {n:,} vectors")
     add_s, ann_build_s = build(folder, mixture, n, args.batch)
+    progress(f"built (add {add_s:.1f} s, ANN {ann_build_s:.1f} s); searching")
     queries = mixture.queries(args.queries)
 
     began = time.perf_counter()
@@ -160,10 +168,12 @@ def measure(folder: Path, args: argparse.Namespace) -> dict:
     recall = float(np.mean([len({h.path for h in a} & {h.path for h in e}) / k for a, e in zip(approximate, exact)]))
 
     # The baseline gets exactly the stored (float16-rounded) vectors, so both rank the same numbers.
+    progress("numpy baseline")
     matrix = np.asarray(map_vectors(folder / vectors_file_name(0), mixture.dim), dtype=np.float32)
     numpy_times = timed(lambda q: brute_force(matrix, q, k), queries[:args.exact_repeats])
     del matrix
 
+    progress(f"adding {ADDED:,}")
     add_10k_s = add_more(folder, mixture, n)
     return {
         "count": n, "dim": args.dim, "k": k, "queries": args.queries,

@@ -10,8 +10,8 @@ within a generation (a row's vector never changes), and compaction or --rebuild 
 generation, which the header names: an ANN file of another generation is rebuilt, not trusted.
 
 Why IVF-PQ and not a graph (HNSW, usearch): the float16 vectors already cost 1,024 bytes per image at
-dim 512; PQ codes add 64 bytes plus an 8-byte id, where a graph needs its own copy of the vectors and
-its links. Exact re-ranking from the stored vectors turns the PQ's coarse scores back into exact ones.
+dim 512; 4-bit PQ codes add 64 bytes plus an 8-byte id, where a graph needs its own copy of the vectors
+and its links. Exact re-ranking from the stored vectors turns the PQ's rough scores back into exact ones.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ import json
 import math
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 ANN_NAME = "ann.faiss"
+BITS = 4  # faiss's fast-scan PQ: codes scored 32 at a time from SIMD registers
 FORMAT = 1
 _MAGIC = b"VITKANN\n"
 # An incremental update keeps the trained centroids and codebooks; once the collection is this many
@@ -68,12 +70,12 @@ class AnnIndex:
         gets a full pool of candidates from inside it."""
         import faiss
 
-        faiss.omp_set_num_threads(1)  # one query gains nothing from threads (see PARALLEL_FROM_ROWS)
         params = faiss.SearchParametersIVF(nprobe=min(probes, self.header.nlist))
         if row_filter is not None:
-            selector = faiss.IDSelectorBitmap(len(row_filter), faiss.swig_ptr(row_filter))
+            selector = faiss.IDSelectorBitmap(len(row_filter), faiss.swig_ptr(row_filter))  # length in bytes
             params.sel = selector  # the selector must outlive the search: keep `selector` alive until then
-        _, found = self.index.search(query, pool, params=params)
+        with _threads(0):  # one query gains nothing from threads
+            _, found = self.index.search(query, pool, params=params)
         return found[0][found[0] >= 0]
 
     def sync(self, vectors: np.ndarray, live: np.ndarray) -> bool:
@@ -82,10 +84,10 @@ class AnnIndex:
 
         stale = np.setdiff1d(self.rows, live, assume_unique=True)
         missing = np.setdiff1d(live, self.rows, assume_unique=True)
-        _set_threads(len(missing))
-        if len(stale):
-            self.index.remove_ids(faiss.IDSelectorBatch(stale.astype(np.int64)))
-        _add_rows(self.index, vectors, missing)
+        with _threads(len(missing)):
+            if len(stale):
+                self.index.remove_ids(faiss.IDSelectorBatch(stale.astype(np.int64)))
+            _add_rows(self.index, vectors, missing)
         if len(stale) or len(missing):
             self.rows = live.copy()
         return bool(len(stale) or len(missing))
@@ -104,22 +106,19 @@ def build(vectors: np.ndarray, live: np.ndarray, model_key: str, generation: int
     import faiss
 
     dim = vectors.shape[1]
-    _set_threads(len(live))
-    nlist, bits = _nlist_for(len(live)), _bits_for(len(live))
-    subquantizers = _subquantizers_for(dim)
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFPQ(quantizer, dim, nlist, subquantizers, bits, faiss.METRIC_INNER_PRODUCT)
-    index.own_fields = True
-    quantizer.this.disown()  # the IVF index frees it
-    index.cp.niter = index.pq.cp.niter = 10  # past 10 rounds k-means moves centroids, not recall
-    # Small indexes get small codebooks (see _bits_for); faiss's "too few points" warnings are noise then.
-    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1
-    sample = np.random.default_rng(0).choice(live, min(len(live), max(TRAIN_SAMPLE_MIN, TRAIN_SAMPLE_PER_LIST * nlist)),
-                                             replace=False)
-    training = np.asarray(vectors[np.sort(sample)], dtype=np.float32)
-    index.train(np.concatenate([training] * (2 if len(training) < 2 else 1)))  # 1-bit codebooks need 2 points
-    _add_rows(index, vectors, live)
-    header = AnnHeader(FORMAT, faiss.__version__, model_key, dim, generation, nlist, subquantizers, bits, len(live), 0)
+    nlist, subquantizers = _nlist_for(len(live)), _subquantizers_for(dim)
+    with _threads(len(live)):
+        index = faiss.index_factory(dim, f"IVF{nlist},PQ{subquantizers}x{BITS}fs", faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = index.pq.cp.niter = 10  # past 10 rounds k-means moves centroids, not recall
+        # faiss warns (on stderr) when a small index gives few points per centroid; recall is checked instead.
+        index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1
+        size = min(len(live), max(TRAIN_SAMPLE_MIN, TRAIN_SAMPLE_PER_LIST * nlist))
+        sample = np.sort(np.random.default_rng(0).choice(live, size, replace=False))
+        training = np.asarray(vectors[sample], dtype=np.float32)
+        repeats = -(-(1 << BITS) // len(training))  # each codebook has 2**BITS centroids to place
+        index.train(np.concatenate([training] * repeats) if repeats > 1 else training)
+        _add_rows(index, vectors, live)
+    header = AnnHeader(FORMAT, faiss.__version__, model_key, dim, generation, nlist, subquantizers, BITS, len(live), 0)
     ann = AnnIndex(index, header)
     ann.rows = live.copy()
     return ann
@@ -200,10 +199,17 @@ def _add_rows(index, vectors: np.ndarray, rows: np.ndarray) -> None:
         index.add_with_ids(np.asarray(vectors[chunk], dtype=np.float32), chunk.astype(np.int64))
 
 
-def _set_threads(rows: int) -> None:
+@contextmanager
+def _threads(rows: int) -> Iterator[None]:
+    """faiss's threads for work on `rows` rows, restored after: torch shares the OpenMP runtime."""
     import faiss
 
-    faiss.omp_set_num_threads((os.cpu_count() or 1) if rows >= PARALLEL_FROM_ROWS else 1)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(before if rows >= PARALLEL_FROM_ROWS else 1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _ids_of(index) -> np.ndarray:
@@ -216,19 +222,14 @@ def _ids_of(index) -> np.ndarray:
 
 
 def _nlist_for(count: int) -> int:
-    # About 2 * sqrt(N) lists, a power of two; never fewer than 39 training points per centroid.
-    wanted = 2 ** round(math.log2(max(2 * math.sqrt(max(count, 1)), 1)))
+    # About sqrt(N) lists, a power of two, with at least 39 points each (faiss's rule for k-means).
+    wanted = 2 ** round(math.log2(max(math.sqrt(max(count, 1)), 1)))
     return int(max(1, min(wanted, count // 39)))
 
 
-def _bits_for(count: int) -> int:
-    # 256 centroids per codebook want a thousand points or so; a small index gets smaller codebooks.
-    return int(max(1, min(8, math.floor(math.log2(max(count, 2) / 4)))))
-
-
 def _subquantizers_for(dim: int) -> int:
-    """Bytes per code: one per 8 dimensions (64 at dim 512), a divisor of dim as faiss requires."""
-    for m in range(max(1, dim // 8), 0, -1):
+    """One 4-bit code per 4 dimensions (64 bytes at dim 512); faiss wants a divisor of dim."""
+    for m in range(max(1, dim // 4), 0, -1):
         if dim % m == 0:
             return m
     return 1

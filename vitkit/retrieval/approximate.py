@@ -21,11 +21,12 @@ from vitkit.retrieval.exact import Hit, Snapshot, folders, prefix_range
 ANN_MIN_FILES_ENV = "VITKIT_ANN_MIN_FILES"
 # Measured with benchmarks/search.py on 2 cores: below this many files exact search is as fast.
 ANN_MIN_FILES = 50_000
-# Inverted lists each query scans, and how many candidates it re-ranks exactly: recall@10 >= 0.97
-# against exact search on the benchmark's clustered data at 300k and 1M (see README). Recall follows
-# the number of lists scanned more than the pool: past 100 candidates it hardly moved.
-PROBES = 32
-POOL = 100
+# Share of the inverted lists each query scans, and how many candidates it re-ranks exactly: chosen for
+# recall@10 >= 0.97 against exact search on the benchmark's clustered data with queries from a shifted
+# distribution (see README). Both matter there: the nearest images to a text-like query are the outliers
+# of their clusters, spread over many lists, and 4-bit codes rank them roughly.
+PROBE_SHARE = 0.25
+POOL = 1000
 # A reader syncs its ANN copy in memory (and saves it, if no writer holds the lock) once this share of
 # the live rows is missing from it or dead in it; fewer are scored exactly or dropped at each query.
 _SYNC_FRACTION = 0.05
@@ -79,7 +80,8 @@ def search(snapshot: Snapshot, view_: AnnView, queries: np.ndarray, k: int, thre
     if allowed < ann_min_files() or allowed == 0:
         return None
     share = allowed / len(snapshot.paths)
-    probes = min(view_.index.header.nlist, math.ceil(PROBES / share))  # a folder's files are spread over more lists
+    # A folder's files are a fraction of each list: scan more lists to meet as many of them.
+    probes = math.ceil(view_.index.header.nlist * min(1.0, PROBE_SHARE / share))
     row_filter, extra = None, view_.unindexed
     if inside is not None:
         rows_inside = np.zeros(len(snapshot.vectors), dtype=bool)
@@ -100,7 +102,9 @@ def search(snapshot: Snapshot, view_: AnnView, queries: np.ndarray, k: int, thre
 
 def _rank(snapshot: Snapshot, view_: AnnView, rows: np.ndarray, query: np.ndarray, k: int,
           threshold: float | None, inside: np.ndarray | None) -> list[Hit] | None:
-    scores = np.asarray(snapshot.vectors[rows], dtype=np.float32) @ query  # exact, from the stored vectors
+    # Exact, from the stored vectors; einsum, not BLAS: a thousand rows are too few to pay for its threads,
+    # which measured 12 ms a query on a busy machine.
+    scores = np.einsum("ij,j->i", np.asarray(snapshot.vectors[rows], dtype=np.float32), query)
     first = np.searchsorted(view_.rows_by_entry_row, rows, "left")
     counts = np.searchsorted(view_.rows_by_entry_row, rows, "right") - first
     offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
