@@ -166,6 +166,8 @@ def measure(folder: Path, args: argparse.Namespace) -> dict:
     bytes_on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     reader.close()
     recall = float(np.mean([len({h.path for h in a} & {h.path for h in e}) / k for a, e in zip(approximate, exact)]))
+    if args.sweep:
+        sweep(folder, queries, exact, args)
 
     # The baseline gets exactly the stored (float16-rounded) vectors, so both rank the same numbers.
     progress("numpy baseline")
@@ -189,6 +191,23 @@ def measure(folder: Path, args: argparse.Namespace) -> dict:
     }
 
 
+def sweep(folder: Path, queries: np.ndarray, exact: list, args: argparse.Namespace) -> None:
+    """Latency and recall at other probe shares and pools (to stderr), to choose the defaults."""
+    from vitkit.retrieval import approximate
+
+    defaults = approximate.PROBE_SHARE, approximate.POOL
+    with VectorIndex.open_for_reading(folder, MODEL_KEY) as reader:
+        for share in args.sweep:
+            for pool in args.sweep_pools:
+                approximate.PROBE_SHARE, approximate.POOL = share, pool
+                times = timed(lambda q: reader.search(q, k=args.k), queries)
+                found = [reader.search(q, k=args.k)[0] for q in queries]
+                recall = np.mean([len({h.path for h in a} & {h.path for h in e}) / args.k for a, e in zip(found, exact)])
+                progress(f"probe share {share}, pool {pool}: p50 {ms(times, 50)} ms, p95 {ms(times, 95)} ms, "
+                         f"recall@10 {recall:.4f}")
+    approximate.PROBE_SHARE, approximate.POOL = defaults
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1_000_000, help="vectors (images) in the index")
@@ -200,6 +219,10 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to build the index (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--sweep", type=float, nargs="*", default=[], metavar="SHARE",
+                        help="also report (on stderr) ANN latency and recall at these shares of lists scanned")
+    parser.add_argument("--sweep-pools", type=int, nargs="*", default=[1000], metavar="POOL",
+                        help="with --sweep: candidate pools to try")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

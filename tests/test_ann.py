@@ -273,3 +273,21 @@ def test_index_and_search_cli_use_the_ann(tmp_path: Path, tiny_open_clip_dir: Pa
 def same_hits(got: list[dict], want: list[dict]) -> bool:
     return [(h["rank"], h["path"], round(h["score"], 5)) for h in got] == [
         (h["rank"], h["path"], round(h["score"], 5)) for h in want]
+
+
+def test_compaction_and_rebuild_replace_the_ann_without_a_warning(tmp_path: Path, always_ann: list[int],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "idx"
+    vectors = clustered(N)
+    paths = build(folder, tmp_path, vectors)
+    with open_writer(folder, MODEL, DIM) as index:
+        index.remove_paths(paths[::2])
+        index.compact()  # renumbers the rows: a new generation, so a new ANN file
+    loaded, reason = ann.load(folder, MODEL, DIM, 1)
+    assert loaded is not None, reason
+    assert set(loaded.rows.tolist()) == live_rows(folder)
+    assert_same(*both(folder, vectors[:8]))
+    with open_writer(folder, MODEL, DIM, rebuild=True) as index:
+        index.add([entry(p, v, f"r{i}") for i, (p, v) in enumerate(zip(paths[:300], vectors[:300]))])
+    assert_same(*both(folder, vectors[:8]))
+    assert "warning" not in capsys.readouterr().err

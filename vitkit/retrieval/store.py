@@ -204,7 +204,7 @@ class IndexReader:
             files = self._conn.execute("SELECT count(*) FROM files").fetchone()[0]
             vectors = self._conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
             live = self._conn.execute("SELECT count(DISTINCT row) FROM files").fetchone()[0]
-        names = (DB_NAME, DB_NAME + "-wal", vectors_file_name(meta.generation))
+        names = (DB_NAME, DB_NAME + "-wal", vectors_file_name(meta.generation), ann.ANN_NAME)
         sizes = {name: (self.folder / name).stat().st_size for name in names if (self.folder / name).exists()}
         rows = sizes.get(vectors_file_name(meta.generation), 0) // (meta.dim * VECTOR_DTYPE.itemsize)
         return IndexStats(files, vectors, meta.dim, meta.model_key, sum(sizes.values()), max(rows - live, 0))

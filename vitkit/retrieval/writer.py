@@ -69,6 +69,8 @@ def open_writer(folder: str | Path, model_key: str, dim: int | None = None, *, m
         if isinstance(e, sqlite3.DatabaseError):
             raise open_error(folder, e) from e
         raise
+    if rebuild:
+        (folder / ann.ANN_NAME).unlink(missing_ok=True)  # it describes vectors that are gone, maybe another model's
     index = IndexWriter(folder, conn, meta, lock)
     try:
         with write_errors(folder):
@@ -121,6 +123,7 @@ class IndexWriter(IndexReader):
         self._lock: WriterLock | None = lock
         self._file: VectorFile | None = None
         self._changed = False  # since opening: the ANN index must follow when closing
+        self._opened_generation = meta.generation
 
     def _open_vector_file(self) -> None:
         """Take row numbers from the live file's length, and delete files a rebuild or compact left behind."""
@@ -281,9 +284,12 @@ class IndexWriter(IndexReader):
         snapshot = self._snapshot()
         if not snapshot.paths or len(snapshot.paths) < ann_min_files():
             return
+        # After this writer's own compaction or rebuild the old ANN file is expectedly out of date.
+        expected = self._meta.generation != self._opened_generation
         with write_errors(self.folder):
             index, changed = ann.ensure(self.folder, snapshot.vectors, ann.live_rows(snapshot.rows), self.model_key,
-                                        self._meta.generation, self.warn, warn_missing=False)
+                                        self._meta.generation, (lambda _: None) if expected else self.warn,
+                                        warn_missing=False)
             if changed:
                 ann.save(self.folder, index)
         self._changed = False
