@@ -98,7 +98,9 @@ class AnnIndex:
 
 def live_rows(rows: np.ndarray) -> np.ndarray:
     """Sorted distinct rows the snapshot's files refer to (copies share one)."""
-    return np.unique(rows)
+    present = np.zeros(int(rows.max()) + 1 if len(rows) else 0, dtype=bool)
+    present[rows] = True  # linear: np.unique sorts
+    return np.flatnonzero(present)
 
 
 def build(vectors: np.ndarray, live: np.ndarray, model_key: str, generation: int) -> AnnIndex:
@@ -218,7 +220,7 @@ def _ids_of(index) -> np.ndarray:
     lists = index.invlists
     parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
              for i in range(index.nlist) if lists.list_size(i)]
-    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    return live_rows(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # sorted, in linear time
 
 
 def _nlist_for(count: int) -> int:

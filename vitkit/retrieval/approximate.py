@@ -55,19 +55,21 @@ def view(folder, snapshot: Snapshot, model_key: str, generation: int, warn: Call
     memory otherwise, rebuilt if unusable; a changed one is handed to `persist`."""
     if previous is not None and previous.snapshot is snapshot:
         return previous
-    live = ann.live_rows(snapshot.rows)
+    live_mask = np.zeros(len(snapshot.vectors), dtype=bool)
+    live_mask[snapshot.rows] = True  # masks, not set operations: linear in the rows, not n log n
+    live = np.flatnonzero(live_mask)
     current = previous.index if previous is not None and previous.index.header.generation == generation else None
-    if current is None or _far_from(current.rows, live):
+    if current is None or _far_from(current.rows, live_mask, len(live)):
         # The saved file may be newer than our copy (a writer synced it since); if it is unusable,
         # ensure() below says why and rebuilds.
         current = ann.load(folder, model_key, snapshot.vectors.shape[1], generation)[0] or current
-    if current is None or current.needs_retraining(len(live)) or _far_from(current.rows, live):
+    if current is None or current.needs_retraining(len(live)) or _far_from(current.rows, live_mask, len(live)):
         current, changed = ann.ensure(folder, snapshot.vectors, live, model_key, generation, warn, current)
         if changed:
             persist(current)
-    live_mask = np.zeros(len(snapshot.vectors), dtype=bool)
-    live_mask[live] = True
-    unindexed = np.setdiff1d(live, current.rows, assume_unique=True)
+    indexed = np.zeros(len(snapshot.vectors), dtype=bool)
+    indexed[current.rows[current.rows < len(indexed)]] = True
+    unindexed = live[~indexed[live]]
     return AnnView(snapshot, current, live_mask, unindexed, snapshot.rows[snapshot.by_row])
 
 
@@ -132,7 +134,9 @@ def _inside(snapshot: Snapshot, under: Sequence[str]) -> np.ndarray:
     return inside
 
 
-def _far_from(rows: np.ndarray, live: np.ndarray) -> bool:
+def _far_from(rows: np.ndarray, live_mask: np.ndarray, live_count: int) -> bool:
     """Whether enough rows differ that syncing beats scoring the missing ones at every query."""
-    differing = len(rows) + len(live) - 2 * len(np.intersect1d(rows, live, assume_unique=True))
-    return differing > max(1_000, _SYNC_FRACTION * len(live))
+    inside = rows < len(live_mask)
+    both = int(live_mask[rows[inside]].sum())
+    differing = len(rows) + live_count - 2 * both
+    return differing > max(1_000, _SYNC_FRACTION * live_count)
