@@ -25,8 +25,8 @@ ANN_MIN_FILES = 50_000
 # recall@10 >= 0.97 against exact search on the benchmark's clustered data with queries from a shifted
 # distribution (see README). Both matter there: the nearest images to a text-like query are the outliers
 # of their clusters, spread over many lists, and 4-bit codes rank them roughly.
-PROBE_SHARE = 0.25
-POOL = 1000
+PROBE_SHARE = 0.12
+POOL = 500
 # A reader syncs its ANN copy in memory (and saves it, if no writer holds the lock) once this share of
 # the live rows is missing from it or dead in it; fewer are scored exactly or dropped at each query.
 _SYNC_FRACTION = 0.05
