@@ -18,7 +18,7 @@ TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many result
 Threshold = threshold_option("Drop results with a lower cosine score.")
 PathsOnly = Annotated[bool, typer.Option("--paths-only", help="Print bare paths, one a line, to pipe into other commands.")]
 Exact = Annotated[bool, typer.Option(
-    "--exact", help="Score every indexed image instead of searching approximately (as indexes of 50,000 "
+    "--exact", help="Score every indexed image instead of searching approximately (as indexes of 100,000 "
                     "images and more are; results are re-ranked exactly either way).")]
 Print0 = Annotated[bool, typer.Option("--print0", help="With --paths-only: end each path with NUL, not a newline (for xargs -0).")]
 

@@ -19,14 +19,19 @@ from vitkit.retrieval import ann
 from vitkit.retrieval.exact import Hit, Snapshot, folders, prefix_range
 
 ANN_MIN_FILES_ENV = "VITKIT_ANN_MIN_FILES"
-# Measured with benchmarks/search.py on 2 cores: below this many files exact search is as fast.
-ANN_MIN_FILES = 50_000
+# Measured with benchmarks/search.py on 2 cores: at 100,000 files exact search costs ~20 ms at numpy's
+# speed and the ANN ~2.5 ms at recall@10 0.97; below it, 4-bit codes need most of the index scanned to
+# keep that recall (0.74 at 20,000 with the settings below), so exact search is the better answer.
+ANN_MIN_FILES = 100_000
 # Share of the inverted lists each query scans, and how many candidates it re-ranks exactly: chosen for
 # recall@10 >= 0.97 against exact search on the benchmark's clustered data with queries from a shifted
 # distribution (see README). Both matter there: the nearest images to a text-like query are the outliers
 # of their clusters, spread over many lists, and 4-bit codes rank them roughly.
 PROBE_SHARE = 0.12
 POOL = 500
+# ...but at least this many codes: a smaller index has fewer images per cluster, so its nearest images
+# are spread wider (at 100,000: recall 0.952 scanning 12%, 0.973 scanning half).
+MIN_SCANNED = 50_000
 # A reader syncs its ANN copy in memory (and saves it, if no writer holds the lock) once this share of
 # the live rows is missing from it or dead in it; fewer are scored exactly or dropped at each query.
 _SYNC_FRACTION = 0.05
@@ -83,7 +88,9 @@ def search(snapshot: Snapshot, view_: AnnView, queries: np.ndarray, k: int, thre
         return None
     share = allowed / len(snapshot.paths)
     # A folder's files are a fraction of each list: scan more lists to meet as many of them.
-    probes = math.ceil(view_.index.header.nlist * min(1.0, PROBE_SHARE / share))
+    nlist = view_.index.header.nlist
+    wanted = max(PROBE_SHARE, MIN_SCANNED / max(len(view_.index.rows), 1))
+    probes = math.ceil(nlist * min(1.0, wanted / share))
     row_filter, extra = None, view_.unindexed
     if inside is not None:
         rows_inside = np.zeros(len(snapshot.vectors), dtype=bool)
