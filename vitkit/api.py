@@ -128,17 +128,19 @@ def index(folders: str | Sequence[str] | None = None, *, index_dir: str | None =
 def search(text: str | None = None, *, image: str | None = None, folders: str | Sequence[str] | None = None,
            top_k: int = 10, threshold: float | None = None, min_score: float | None = None,
            relative: float | None = None, collapse_duplicates: bool = False, index_dir: str | None = None,
-           rebuild: bool = False, wait: float = 0.0, html: str | None = None,
+           rebuild: bool = False, wait: float = 0.0, html: str | None = None, exact: bool = False,
            **options: Unpack[Options]) -> Iterator[Fields]:
     """Images matching `text` (or like `image`), best first, after indexing `folders` incrementally:
     `hit.rank, hit.path, hit.score` (cosine). After ranking, `min_score` drops hits below it and
     `relative` those more than it below the best (nothing relevant: no hits); `collapse_duplicates`
-    keeps one hit per duplicate group, the others in `hit.duplicates`."""
+    keeps one hit per duplicate group, the others in `hit.duplicates`. Big indexes are searched
+    approximately (candidates re-ranked exactly); `exact=True` scores every image."""
     quiet = options.pop("quiet", False)
     model, batch = split_options(dict(options), ModelOptions, BatchOptions)
     listing = jobs.run_search(text, image, _as_list(folders) or [], model, batch, top_k=top_k, threshold=threshold,
                               min_score=min_score, relative=relative, collapse_duplicates=collapse_duplicates,
-                              index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet)
+                              index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet,
+                              exact=exact)
     return iter([Fields(row) for row in listing.rows])
 
 

@@ -174,10 +174,10 @@ def run_search(text: str | None, image: str | None, folders: Sequence[str], mode
                batch: BatchOptions, *, top_k: int = 10, threshold: float | None = None,
                min_score: float | None = None, relative: float | None = None, collapse_duplicates: bool = False,
                index_dir: str | None = None, rebuild: bool = False, wait: float = 0.0, html: str | None = None,
-               quiet: bool = False) -> Listing:
+               quiet: bool = False, exact: bool = False) -> Listing:
     """One query against the index, after indexing `folders` incrementally; one row per hit, best first.
     `min_score` and `relative` drop weak hits after ranking (nothing left: no rows and a note on stderr);
-    `collapse_duplicates` keeps one hit per duplicate group, with the others in its `duplicates`."""
+    `collapse_duplicates` keeps one hit per duplicate group, with the others in its `duplicates`. `exact` scores every image (no ANN)."""
     from vitkit.pipeline import write_sheet
     from vitkit.retrieval.relevance import check_floor
     from vitkit.retrieval.search import SEARCH_LAYOUT, Relevance, search_images
@@ -191,7 +191,7 @@ def run_search(text: str | None, image: str | None, folders: Sequence[str], mode
     options = _index_options(model, batch, index_dir, rebuild, wait)
     reporter = Reporter(quiet=quiet)
     relevance = Relevance(min_score, relative, collapse_duplicates)
-    result = search_images(text, image, folders, top_k, threshold, options, reporter, relevance)
+    result = search_images(text, image, folders, top_k, threshold, options, reporter, relevance, exact)
     rows = [{"rank": rank, "path": hit.path, "score": hit.score} for rank, hit in enumerate(result.hits, 1)]
     if result.duplicates is not None:
         for row in rows:

@@ -25,13 +25,17 @@ Relative = Annotated[Optional[float], typer.Option(
 CollapseDuplicates = Annotated[bool, typer.Option(
     "--collapse-duplicates", help="One hit per group of duplicates (as `vitkit dedup` groups them, among the "
     "hits); JSON records list the others under `duplicates`.")]
+Exact = Annotated[bool, typer.Option(
+    "--exact", help="Score every indexed image instead of searching approximately (as indexes of 100,000 "
+                    "images and more are; results are re-ranked exactly either way).")]
 Print0 = Annotated[bool, typer.Option("--print0", help="With --paths-only: end each path with NUL, not a newline (for xargs -0).")]
 
 
 @command(omit=("resume",))
 def search(folders: Folders = None, text: Text = None, image: ImageQuery = None, top_k: TopK = 10,
            threshold: Threshold = None, min_score: MinScore = None, relative: Relative = None,
-           collapse_duplicates: CollapseDuplicates = False, paths_only: PathsOnly = False, print0: Print0 = False,
+           collapse_duplicates: CollapseDuplicates = False, exact: Exact = False, paths_only: PathsOnly = False,
+           print0: Print0 = False,
            index_dir: IndexDir = None, rebuild: Rebuild = False, wait: Wait = 0.0, *, model: ModelOptions,
            batch: BatchOptions, out: OutputOptions) -> int:
     """Search indexed images by text or by example image; given folders are indexed (incrementally) first.
@@ -42,5 +46,6 @@ def search(folders: Folders = None, text: Text = None, image: ImageQuery = None,
         raise UsageError("--print0 goes with --paths-only")
     listing = run_search(text, image, folders or [], model, batch, top_k=top_k, threshold=threshold,
                          min_score=min_score, relative=relative, collapse_duplicates=collapse_duplicates,
-                         index_dir=index_dir, rebuild=rebuild, wait=wait, html=out.html, quiet=out.quiet)
+                         index_dir=index_dir, rebuild=rebuild, wait=wait, html=out.html, quiet=out.quiet,
+                         exact=exact)
     return write_paths(listing, out.output, "\0" if print0 else "\n") if paths_only else write_rows(listing, out)

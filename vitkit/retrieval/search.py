@@ -53,9 +53,11 @@ class Relevance:
 
 def search_images(text: str | None, image: str | None, folders: Sequence[str] = (), top_k: int = 10,
                   threshold: float | None = None, options: IndexOptions = IndexOptions(),
-                  reporter: Reporter | None = None, relevance: Relevance = Relevance()) -> SearchResult:
+                  reporter: Reporter | None = None, relevance: Relevance = Relevance(),
+                  exact: bool = False) -> SearchResult:
     """The top_k files most like the text (or image), best first; `folders` are indexed first and
-    restrict the results to them. `relevance` then collapses duplicates and drops weak hits."""
+    restrict the results to them. `relevance` then collapses duplicates and drops weak hits.
+    Approximate on big indexes (see approximate.py) unless `exact`."""
     if (text is None) == (image is None):
         raise UsageError("give one query: text or an image, not both or neither",
                          hint="--text 'a dog on a beach' or --image FILE (text= or image= in Python)")
@@ -63,25 +65,27 @@ def search_images(text: str | None, image: str | None, folders: Sequence[str] = 
     spec = indexed.spec
     under = [os.path.abspath(f) for f in folders] or None
     # Opened before the model loads: a missing index or one made by another model fails at once.
+    reporter = reporter or Reporter(quiet=True)
     with open_reader(indexed.folder, get_model_key(spec), get_model_ref(spec)) as index:
+        index.warn = lambda text: reporter.message(f"warning: {text}")
         query = embed_query(indexed.task or load_embed_task(spec, options), text, image)
         if not relevance.collapse_duplicates:
-            [hits] = index.search(query, k=top_k, threshold=threshold, under=under)
+            [hits] = index.search(query, k=top_k, threshold=threshold, under=under, exact=exact)
             return SearchResult(apply_floor(hits, relevance.min_score, relevance.relative), indexed.counts)
-        collapsed = _collapsed_search(index, query, top_k, threshold, under)
+        collapsed = _collapsed_search(index, query, top_k, threshold, under, exact)
     hits = apply_floor(collapsed.hits[:top_k], relevance.min_score, relevance.relative)
     return SearchResult(hits, indexed.counts, {hit.path: collapsed.duplicates[hit.path] for hit in hits})
 
 
 def _collapsed_search(index: IndexReader, query: np.ndarray, top_k: int, threshold: float | None,
-                      under: list[str] | None) -> Collapsed:
+                      under: list[str] | None, exact: bool) -> Collapsed:
     """At least top_k groups' best hits when the index has them, asking for more hits while groups
     swallow them."""
     from vitkit.retrieval.dedup import DEFAULT_THRESHOLD, NEAR_FLOOR
 
     fetch = top_k * COLLAPSE_OVERFETCH
     while True:
-        [hits] = index.search(query, k=fetch, threshold=threshold, under=under)
+        [hits] = index.search(query, k=fetch, threshold=threshold, under=under, exact=exact)
         collapsed = collapse_duplicates(index, hits, DEFAULT_THRESHOLD, NEAR_FLOOR)
         if len(collapsed.hits) >= top_k or len(hits) < fetch:
             return collapsed

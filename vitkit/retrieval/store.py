@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vitkit.errors import IndexError_, IndexModelMismatchError
+from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError
+from vitkit.retrieval import ann, approximate
 from vitkit.retrieval.exact import (
     GATHER_SHARE, Hit, Snapshot, distinct_sorted, folders, prefix_range, search_rows, search_snapshot,
 )
+from vitkit.retrieval.lock import WriterLock
 from vitkit.retrieval.plan import FileState
 from vitkit.retrieval.schema import (
     DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, no_index, open_error,
@@ -116,6 +119,8 @@ class IndexReader:
         self._meta = meta
         self._snapshot_cache: Snapshot | None = None
         self._searched_version: int | None = None  # data_version of the last search without a snapshot
+        self._ann_cache: approximate.AnnView | None = None
+        self.warn: Callable[[str], None] = _warn_on_stderr  # search sets the command's reporter instead
 
     @property
     def model_key(self) -> str:
@@ -131,14 +136,20 @@ class IndexReader:
         return self._meta.model_ref or reference_for_key(self._meta.model_key)
 
     def search(self, queries: np.ndarray, k: int = 10, threshold: float | None = None,
-               under: Sequence[str] | None = None) -> list[list[Hit]]:
-        """Exact cosine search: for each query (row of (Q, D), or one (D,) vector) its k best files,
-        best first. Files sharing content are separate hits; `under` keeps files inside those folders."""
+               under: Sequence[str] | None = None, exact: bool = False) -> list[list[Hit]]:
+        """Cosine search: for each query (row of (Q, D), or one (D,) vector) its k best files, best
+        first. Files sharing content are separate hits; `under` keeps files inside those folders.
+        Approximate (re-ranked exactly) on big indexes unless `exact`; see approximate.py."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         q = normalised(np.atleast_2d(queries), self.dim)
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         cached = self._snapshot_cache is not None and self._snapshot_cache.data_version == version
+        if not exact and self._file_count(version) >= approximate.ann_min_files():
+            snapshot = self._snapshot()
+            hits = approximate.search(snapshot, self._ann_view(snapshot), q, k, threshold, under)
+            if hits is not None:
+                return hits
         if len(q) == 1 and not cached and self._searched_version != version:
             # The first search of a committed state asks SQLite for the few files it needs (one scan per
             # query) instead of loading every path (~0.5 s at 1M files); the next search loads them.
@@ -187,6 +198,30 @@ class IndexReader:
         (for code that reads the vectors themselves, such as dedup)."""
         return self._snapshot()
 
+    def _file_count(self, version: int) -> int:
+        if self._snapshot_cache is not None and self._snapshot_cache.data_version == version:
+            return len(self._snapshot_cache.paths)
+        return self._conn.execute("SELECT count(*) FROM files").fetchone()[0]
+
+    def _ann_view(self, snapshot: Snapshot) -> approximate.AnnView:
+        self._ann_cache = approximate.view(self.folder, snapshot, self.model_key, self._meta.generation, self.warn,
+                                           self._ann_cache, self._persist_ann)
+        return self._ann_cache
+
+    def _persist_ann(self, index: ann.AnnIndex) -> None:
+        """Save an ANN index this reader had to rebuild or sync, unless a writer holds the lock (it
+        saves its own when it closes)."""
+        try:
+            lock = WriterLock.acquire(self.folder)
+        except (IndexLockedError, OSError):
+            return
+        try:
+            ann.save(self.folder, index)
+        except OSError:
+            pass  # a read-only index folder: searching still works, from the copy in memory
+        finally:
+            lock.release()
+
     def _snapshot(self) -> Snapshot:
         # data_version changes whenever another connection commits, so a long-lived reader still sees
         # new rows; a writer's own commits reset the cache instead.
@@ -218,7 +253,7 @@ class IndexReader:
             files = self._conn.execute("SELECT count(*) FROM files").fetchone()[0]
             vectors = self._conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
             live = self._conn.execute("SELECT count(DISTINCT row) FROM files").fetchone()[0]
-        names = (DB_NAME, DB_NAME + "-wal", vectors_file_name(meta.generation))
+        names = (DB_NAME, DB_NAME + "-wal", vectors_file_name(meta.generation), ann.ANN_NAME)
         sizes = {name: (self.folder / name).stat().st_size for name in names if (self.folder / name).exists()}
         rows = sizes.get(vectors_file_name(meta.generation), 0) // (meta.dim * VECTOR_DTYPE.itemsize)
         return IndexStats(files, vectors, meta.dim, meta.model_key, sum(sizes.values()), max(rows - live, 0))
@@ -274,6 +309,7 @@ class IndexReader:
     def close(self) -> None:
         self._conn.close()
         self._snapshot_cache = None
+        self._ann_cache = None
 
     def __enter__(self) -> IndexReader:
         return self
@@ -320,6 +356,10 @@ def _paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
     if joined_paths is None:
         return [], np.zeros(0, dtype=np.int64)
     return joined_paths.decode().split("\0"), np.fromstring(joined_rows, dtype=np.int64, sep=",")
+
+
+def _warn_on_stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def index_exists(folder: str | Path) -> bool:

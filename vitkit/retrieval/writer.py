@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from vitkit.errors import IndexError_, IndexModelMismatchError
+from vitkit.retrieval import ann
+from vitkit.retrieval.approximate import ann_min_files
 from vitkit.retrieval.exact import folders, prefix_range
 from vitkit.retrieval.lock import WriterLock
 from vitkit.retrieval.plan import FileState, UpdatePlan, is_storable, plan_update
@@ -67,6 +69,8 @@ def open_writer(folder: str | Path, model_key: str, dim: int | None = None, *, m
         if isinstance(e, sqlite3.DatabaseError):
             raise open_error(folder, e) from e
         raise
+    if rebuild:
+        (folder / ann.ANN_NAME).unlink(missing_ok=True)  # it describes vectors that are gone, maybe another model's
     index = IndexWriter(folder, conn, meta, lock)
     try:
         with write_errors(folder):
@@ -118,6 +122,8 @@ class IndexWriter(IndexReader):
         super().__init__(folder, conn, meta)
         self._lock: WriterLock | None = lock
         self._file: VectorFile | None = None
+        self._changed = False  # since opening: the ANN index must follow when closing
+        self._opened_generation = meta.generation
 
     def _open_vector_file(self) -> None:
         """Take row numbers from the live file's length, and delete files a rebuild or compact left behind."""
@@ -158,6 +164,7 @@ class IndexWriter(IndexReader):
                                                        rows[e.content_hash], e.width, e.height) for e in entries])
                 self._conn.executemany("DELETE FROM failures WHERE path = ?", [(e.state.path,) for e in entries])
         self._snapshot_cache = None
+        self._changed = self._changed or bool(entries)
 
     def record_failures(self, failures: Iterable[Failure]) -> None:
         """Remember files the model could not use, so later runs skip them until they change."""
@@ -177,12 +184,14 @@ class IndexWriter(IndexReader):
             self._conn.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in cleared])
             removed = self._conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in doomed]).rowcount
         self._snapshot_cache = None
+        self._changed = self._changed or bool(doomed)
         return max(removed, 0)
 
     def remove_paths(self, paths: Iterable[str]) -> int:
         with write_errors(self.folder), transaction(self._conn):
             cursor = self._conn.executemany("DELETE FROM files WHERE path = ?", [(os.path.abspath(p),) for p in paths])
         self._snapshot_cache = None
+        self._changed = True
         return max(cursor.rowcount, 0)
 
     def _paths_under(self, table: str, under: Sequence[str]) -> set[str]:
@@ -254,6 +263,7 @@ class IndexWriter(IndexReader):
                 new_path.unlink(missing_ok=True)  # a complete copy nothing refers to
                 raise
         self._meta = new_meta
+        self._changed = True
         self._file.close()
         self._file = None
         self._snapshot_cache = None
@@ -268,9 +278,28 @@ class IndexWriter(IndexReader):
             return self.compact()
         return 0
 
-    def close(self) -> None:
+    def sync_ann(self) -> None:
+        """Bring the ANN index beside SQLite in line with the committed files (incrementally: the
+        trained quantisers stay), when the index is big enough to search approximately."""
+        snapshot = self._snapshot()
+        if not snapshot.paths or len(snapshot.paths) < ann_min_files():
+            return
+        # After this writer's own compaction or rebuild the old ANN file is expectedly out of date.
+        expected = self._meta.generation != self._opened_generation
+        with write_errors(self.folder):
+            index, changed = ann.ensure(self.folder, snapshot.vectors, ann.live_rows(snapshot.rows), self.model_key,
+                                        self._meta.generation, (lambda _: None) if expected else self.warn,
+                                        warn_missing=False)
+            if changed:
+                ann.save(self.folder, index)
+        self._changed = False
+
+    def close(self, sync_ann: bool = True) -> None:
+        """Close, first bringing the ANN index up to date unless `sync_ann` is false (a failed run)."""
         file, self._file = self._file, None
         try:
+            if sync_ann and self._changed and file is not None:
+                self.sync_ann()
             if file is not None:
                 with write_errors(self.folder):
                     file.close()
@@ -288,7 +317,7 @@ class IndexWriter(IndexReader):
             self.close()
             return
         with suppress(IndexError_):  # the exception already on its way out says what went wrong; keep it
-            self.close()
+            self.close(sync_ann=False)  # an interrupted run must stop now; the next search catches up
 
 
 def renumber_rows(conn: sqlite3.Connection, live: np.ndarray) -> None:
