@@ -199,7 +199,8 @@ class SegmentTask:
         fields: dict[str, Any] = {"segments": segments, "mask": None, "overlay": None}
         if self.planner is None:
             return fields
-        if max_id <= masks.I16_MAX:  # what waits for the output stage in the PNG's own type; else label_image says why not
+        # What waits for the output stage, in the PNG's own type (beyond 16 bits label_image says why not).
+        if max_id <= masks.I16_MAX:
             label_map = masks.compact(label_map, max_id)
         return Artifacts(fields, functools.partial(self._files, self.planner, sample.path, label_map, max_id, fill))
 

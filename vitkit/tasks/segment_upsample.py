@@ -65,6 +65,7 @@ def upsampled_argmax(low_res: torch.Tensor, size: tuple[int, int],
     best = torch.empty(size, dtype=torch.float32, device=low_res.device)
     winner = torch.zeros(size, dtype=_index_dtype(count), device=low_res.device)
     better = torch.empty(size, dtype=torch.bool, device=low_res.device)
+    step = torch.empty_like(winner)
     for start, group in upsampled_groups(low_res, size):
         if transform is not None:
             group = transform(start, group)
@@ -75,7 +76,9 @@ def upsampled_argmax(low_res: torch.Tensor, size: tuple[int, int],
             # Strictly greater: on a tie the earlier channel keeps the pixel, as argmax does. In place,
             # plane by plane: a (k, H, W) max would allocate int64 indices the size of the image.
             torch.gt(plane, best, out=better)
-            winner.masked_fill_(better, start + offset)
+            # winner += better * (channel - winner): masked_fill_'s branches cost 4x this on a CPU
+            torch.neg(winner, out=step).add_(start + offset).mul_(better.view(torch.uint8))
+            winner.add_(step)
             torch.maximum(best, plane, out=best)
     return best, winner
 
