@@ -96,21 +96,38 @@ def split_instances(class_map: np.ndarray, min_area: int = 0) -> tuple[np.ndarra
     return instance_map, owners
 
 
+def compact(label_map: np.ndarray, max_value: int) -> np.ndarray:
+    """`label_map` in the smallest unsigned type that holds `max_value` (the mask PNG's): a 12 MP map
+    waiting to be written takes 12 MB, not int32's 48 MB."""
+    if max_value <= L_MAX:
+        return label_map.astype(np.uint8, copy=False)
+    if max_value <= I16_MAX:
+        return label_map.astype(np.uint16, copy=False)
+    raise OutputError(f"{max_value + 1} segment ids do not fit a 16-bit mask PNG")
+
+
 def label_image(label_map: np.ndarray, max_value: int) -> Image.Image:
     """Lossless label PNG content: 8-bit 'L' when every possible id fits, else 16-bit 'I;16'."""
-    if max_value <= L_MAX:
-        return Image.fromarray(label_map.astype(np.uint8))
-    if max_value <= I16_MAX:
-        return Image.fromarray(label_map.astype(np.uint16))  # Pillow mode I;16
-    raise OutputError(f"{max_value + 1} segment ids do not fit a 16-bit mask PNG")
+    return Image.fromarray(compact(label_map, max_value))  # uint16: Pillow mode I;16
+
+
+# Overlays are blended this many rows at a time, so a 12 MP photo needs no full-size colour or mask copies.
+OVERLAY_ROWS = 256
 
 
 def overlay_image(image: Image.Image, label_map: np.ndarray, alpha: float, uncoloured: Iterable[int] = ()) -> Image.Image:
     """`image` blended at `alpha` with each id's palette colour; pixels of `uncoloured` ids stay as they are."""
-    colours = Image.fromarray(PALETTE[label_map % len(PALETTE)])  # (H, W, 3)
-    tinted = Image.blend(image.convert("RGB"), colours, alpha)
-    skipped = list(uncoloured)
-    if not skipped:
-        return tinted
-    coloured = Image.fromarray(np.where(np.isin(label_map, skipped), 0, 255).astype(np.uint8))
-    return Image.composite(tinted, image.convert("RGB"), coloured)
+    original = image if image.mode == "RGB" else image.convert("RGB")
+    skipped = np.asarray(list(uncoloured), dtype=np.int64)
+    blended = Image.new("RGB", original.size)
+    for top in range(0, original.height, OVERLAY_ROWS):
+        rows = label_map[top: top + OVERLAY_ROWS]
+        box = (0, top, original.width, top + rows.shape[0])
+        part = original.crop(box)
+        # id v is drawn in PALETTE[v % 256]: take's wrap mode is that modulo, without an index copy
+        tinted = Image.blend(part, Image.fromarray(PALETTE.take(rows, axis=0, mode="wrap")), alpha)
+        if skipped.size:
+            keep = Image.fromarray(np.where(np.isin(rows, skipped), np.uint8(0), np.uint8(255)))
+            tinted = Image.composite(tinted, part, keep)
+        blended.paste(tinted, box)
+    return blended

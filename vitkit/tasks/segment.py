@@ -22,6 +22,8 @@ from vitkit.outputs.files import OutputPlanner
 from vitkit.outputs.records import RecordLayout, explode_rows
 from vitkit.runtime.runner import model_context
 from vitkit.tasks.base import TaskResult
+from vitkit.tasks.segment_postprocess import panoptic_map, semantic_map
+from vitkit.tasks.segment_upsample import upsampled_argmax
 
 SEMANTIC, PANOPTIC, TEXT = "semantic", "panoptic", "text"
 MODES = (SEMANTIC, PANOPTIC, TEXT)
@@ -144,7 +146,9 @@ class SegmentTask:
         return records
 
     def _semantic(self, outputs: Any, size: tuple[int, int]) -> Segmentation:
-        [class_map] = self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=[size])
+        class_map = semantic_map(self.image_processor, outputs, size)
+        if class_map is None:  # a processor whose post-processing is not reproduced: its own, at full size
+            [class_map] = self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=[size])
         class_map = class_map.to(torch.int32).cpu().numpy()
         if self.options.instances:
             instance_map, owners = masks.split_instances(class_map, self.options.min_area)
@@ -153,19 +157,24 @@ class SegmentTask:
         return Segmentation(class_map, self.class_labels, None, self.num_labels - 1)
 
     def _panoptic(self, outputs: Any, size: tuple[int, int]) -> Segmentation:
-        # An explicit empty set: nothing fused (as the processor's default), without its warning.
-        [result] = self.image_processor.post_process_panoptic_segmentation(
-            outputs, label_ids_to_fuse=set(), target_sizes=[size])
-        label_map = result["segmentation"].clamp(min=0).to(torch.int32).cpu().numpy()  # -1 (nothing found) -> 0
+        result = panoptic_map(self.image_processor, outputs, size)
+        if result is not None:
+            label_map, segments_info = result.segmentation, result.segments
+        else:  # a processor whose post-processing is not reproduced: its own, at full size
+            # An explicit empty set: nothing fused (as the processor's default), without its warning.
+            [own] = self.image_processor.post_process_panoptic_segmentation(
+                outputs, label_ids_to_fuse=set(), target_sizes=[size])
+            label_map, segments_info = own["segmentation"].clamp(min=0), own["segments_info"]  # -1: nothing found
+        label_map = label_map.to(torch.int32).cpu().numpy()
         labels: dict[int, tuple[str, float | None]] = {}
-        for info in result["segments_info"]:
+        for info in segments_info:
             labels.setdefault(int(info["id"]), (self._label(int(info["label_id"])), float(info["score"])))
         return Segmentation(label_map, labels, 0, max(labels, default=0))
 
     def _text(self, logits: torch.Tensor, size: tuple[int, int]) -> Segmentation:
-        resized = torch.nn.functional.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)
-        best, winner = resized[0].sigmoid().max(dim=0)  # (H, W) each: the likeliest prompt per pixel
-        label_map = torch.where(best > TEXT_THRESHOLD, winner + 1, 0).to(torch.int32).cpu().numpy()
+        # (H, W) each: the likeliest prompt per pixel, the probabilities upsampled a few prompts at a time
+        best, winner = upsampled_argmax(logits, size, lambda start, group: group.sigmoid_())
+        label_map = torch.where(best > TEXT_THRESHOLD, winner.int() + 1, 0).to(torch.int32).cpu().numpy()
         count = len(self.options.prompts)
         # score: the mean probability over the pixels the prompt won
         areas = np.bincount(label_map.ravel(), minlength=count + 1)
@@ -190,6 +199,9 @@ class SegmentTask:
         fields: dict[str, Any] = {"segments": segments, "mask": None, "overlay": None}
         if self.planner is None:
             return fields
+        # What waits for the output stage, in the PNG's own type (beyond 16 bits label_image says why not).
+        if max_id <= masks.I16_MAX:
+            label_map = masks.compact(label_map, max_id)
         return Artifacts(fields, functools.partial(self._files, self.planner, sample.path, label_map, max_id, fill))
 
     def _files(self, planner: OutputPlanner, path: str, label_map: np.ndarray, max_id: int,
