@@ -291,3 +291,41 @@ def test_compaction_and_rebuild_replace_the_ann_without_a_warning(tmp_path: Path
         index.add([entry(p, v, f"r{i}") for i, (p, v) in enumerate(zip(paths[:300], vectors[:300]))])
     assert_same(*both(folder, vectors[:8]))
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_reader_open_across_a_compaction_follows_the_new_generation(tmp_path: Path, always_ann: list[int]) -> None:
+    """A compaction renumbers the rows: a reader opened before it must judge the ANN file by the generation
+    of the snapshot it searches, neither trusting its old copy nor overwriting the writer's new file."""
+    folder = tmp_path / "idx"
+    vectors = clustered(N)
+    paths = build(folder, tmp_path, vectors)
+    with open_reader(folder, MODEL) as reader:  # opened at generation 0
+        warnings: list[str] = []
+        reader.warn = warnings.append
+        with open_writer(folder, MODEL, DIM) as writer:
+            writer.remove_paths(paths[::2])
+            writer.compact()
+        approx = reader.search(vectors[:8], k=10)
+        exact = reader.search(vectors[:8], k=10, exact=True)
+    assert_same(approx, exact)
+    assert not warnings  # the writer's generation-1 file was current: nothing to rebuild
+    loaded, reason = ann.load(folder, MODEL, DIM, 1)
+    assert loaded is not None, reason
+    assert set(loaded.rows.tolist()) == live_rows(folder)
+
+
+def test_known_content_under_a_new_name_keeps_its_pixel_size(tmp_path: Path) -> None:
+    """A renamed, touched or copied file reuses the stored vector without decoding: it must still carry
+    the picture's size, or dedup's --keep largest would prefer a smaller copy over the original."""
+    import sqlite3
+
+    folder = tmp_path / "idx"
+    vector = clustered(1)[0]
+    with open_writer(folder, MODEL, DIM) as index:
+        index.add([Entry(FileState("/p/original.jpg", 1, 1), "h-original", vector, 4000, 3000)])
+    with open_writer(folder, MODEL, DIM) as index:
+        index.add([Entry(FileState("/p/renamed.jpg", 1, 2), "h-original"),  # reused: no vector, no size
+                   Entry(FileState("/p/original.jpg", 1, 3), "h-original")])  # touched
+    with sqlite3.connect(folder / "index.sqlite") as conn:
+        sizes = dict((path, (w, h)) for path, w, h in conn.execute("SELECT path, width, height FROM files"))
+    assert sizes == {"/p/original.jpg": (4000, 3000), "/p/renamed.jpg": (4000, 3000)}

@@ -54,6 +54,7 @@ class Snapshot:
     rows: np.ndarray  # (F,) int64, vector row of each entry
     by_row: np.ndarray  # (F,) entry positions sorted by row
     vectors: np.ndarray  # (R, D) float16, memory-mapped
+    generation: int = 0  # of the vector file the rows point into (a compaction or rebuild renumbers them)
 
     @cached_property
     def sorted_rows(self) -> np.ndarray:

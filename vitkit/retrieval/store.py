@@ -204,7 +204,7 @@ class IndexReader:
         return self._conn.execute("SELECT count(*) FROM files").fetchone()[0]
 
     def _ann_view(self, snapshot: Snapshot) -> approximate.AnnView:
-        self._ann_cache = approximate.view(self.folder, snapshot, self.model_key, self._meta.generation, self.warn,
+        self._ann_cache = approximate.view(self.folder, snapshot, self.model_key, snapshot.generation, self.warn,
                                            self._ann_cache, self._persist_ann)
         return self._ann_cache
 
@@ -244,7 +244,7 @@ class IndexReader:
                 continue  # a rebuild or compact replaced the file after our snapshot; take a new one
             if len(rows) and rows.max() >= len(vectors):
                 raise damaged(self.folder, f"row {rows.max()} is in use but the vector file has {len(vectors)} rows")
-            return Snapshot(version, paths, rows, np.argsort(rows, kind="stable"), vectors)
+            return Snapshot(version, paths, rows, np.argsort(rows, kind="stable"), vectors, meta.generation)
         raise damaged(self.folder, "its vector file keeps disappearing")
 
     def stats(self) -> IndexStats:

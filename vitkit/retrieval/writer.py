@@ -28,8 +28,12 @@ from vitkit.retrieval.vectors import (
 
 DEAD_FRACTION_TO_COMPACT = 0.5  # after an update, compact once more than this share of the vector file is dead
 
+# An entry reusing known content (a renamed, touched or copied file) comes without its pixel size: it
+# takes the size another file with the same content has, so dedup's --keep largest still sees it.
 _UPSERT_FILE = """INSERT INTO files (path, size, mtime_ns, content_hash, row, width, height)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+    VALUES (?1, ?2, ?3, ?4, ?5,
+        COALESCE(?6, (SELECT width FROM files WHERE content_hash = ?4 AND width IS NOT NULL LIMIT 1)),
+        COALESCE(?7, (SELECT height FROM files WHERE content_hash = ?4 AND height IS NOT NULL LIMIT 1)))
     ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
         content_hash = excluded.content_hash, row = excluded.row, width = excluded.width, height = excluded.height"""
 _UPSERT_FAILURE = """INSERT INTO failures (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)
@@ -298,11 +302,14 @@ class IndexWriter(IndexReader):
         """Close, first bringing the ANN index up to date unless `sync_ann` is false (a failed run)."""
         file, self._file = self._file, None
         try:
-            if sync_ann and self._changed and file is not None:
-                self.sync_ann()
             if file is not None:
                 with write_errors(self.folder):
                     file.close()
+            if sync_ann and self._changed and file is not None:
+                try:
+                    self.sync_ann()
+                except IndexError_ as error:  # derived data: the committed index stands; searches rebuild it
+                    self.warn(f"could not update the approximate-search file: {error}; searches rebuild it")
         finally:  # the database and the lock are released whatever the vector file says
             super().close()
             if self._lock is not None:
