@@ -144,12 +144,14 @@ class IndexReader:
             raise ValueError(f"k must be at least 1, got {k}")
         q = normalised(np.atleast_2d(queries), self.dim)
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        cached = self._snapshot_cache is not None and self._snapshot_cache.data_version == version
         if not exact and self._file_count(version) >= approximate.ann_min_files():
             snapshot = self._snapshot()
             hits = approximate.search(snapshot, self._ann_view(snapshot), q, k, threshold, under)
             if hits is not None:
                 return hits
+        # Checked after the ANN attempt: a snapshot it loaded (for a small folder restriction) serves the
+        # exact search directly instead of a second pass through SQLite.
+        cached = self._snapshot_cache is not None and self._snapshot_cache.data_version == version
         if len(q) == 1 and not cached and self._searched_version != version:
             # The first search of a committed state asks SQLite for the few files it needs (one scan per
             # query) instead of loading every path (~0.5 s at 1M files); the next search loads them.
