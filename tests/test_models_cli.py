@@ -64,7 +64,7 @@ def test_a_model_that_cannot_label_says_so_in_command_words(tiny_timm_dir: Path)
     assert result.exit_code == 2
     assert "cannot label; it can: classify" in result.stderr and "zeroshot" not in result.stderr
     result = runner.invoke(app, ["search", "--text", "a cat", "--model", str(tiny_timm_dir), str(SAMPLE_DATA)])
-    assert "cannot embed (index, search)" in result.stderr
+    assert "cannot embed (index, search, dedup)" in result.stderr
 
 
 def test_list_imports_no_model_library_and_is_quick() -> None:

@@ -169,5 +169,5 @@ def test_every_backend_honours_the_protocol(tiny_timm_dir: Path, tiny_open_clip_
 def test_capability_errors_use_command_names(tiny_open_clip_dir: Path) -> None:
     with pytest.raises(ModelTaskMismatchError) as info:
         resolve(str(tiny_open_clip_dir), CLASSIFY)
-    assert "cannot classify; it can: embed (index, search), label" in info.value.message
+    assert "cannot classify; it can: embed (index, search, dedup), label" in info.value.message
     assert "--task classify" in info.value.hint
