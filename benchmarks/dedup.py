@@ -99,7 +99,17 @@ def child(args: argparse.Namespace) -> dict:
     started += build_s
     build_peak = vm_hwm_mb()
     reset_peak()  # from here VmHWM is grouping's own peak (dedup reuses the index's persisted ANN file)
-    links = link_items(search, args.threshold, args.near_floor, agree)
+    search_peak: list[float] = []
+
+    class Measured:  # the search's own peak, before the links become components
+        def __len__(self) -> int:
+            return len(search)
+
+        def pairs(self, threshold: float, k: int):
+            yield from search.pairs(threshold, k)
+            search_peak.append(vm_hwm_mb())
+
+    links = link_items(Measured(), args.threshold, args.near_floor, agree)
     group_s = time.perf_counter() - started
     peak = vm_hwm_mb()
     plants = np.flatnonzero(original >= 0)
@@ -121,6 +131,7 @@ def child(args: argparse.Namespace) -> dict:
             "n_squared_float32_mb": round(args.count ** 2 * 4 / 2**20, 1), "threads": args.threads,
             "query_limit": args.query_limit, "search": type(search).__name__, "ann_build_s": round(build_s, 1),
             "ann_build_peak_rss_mb": round(build_peak, 1) if build_s else None,
+            "search_peak_rss_mb": round(search_peak[0], 1) if search_peak else None,
             **({"probes": search.probes, "pool": search.pool} if hasattr(search, "probes") else {})}
 
 

@@ -21,7 +21,7 @@ from vitkit.retrieval.neighbours import Pairs
 # "Duplicates"): planted duplicates at cosine 0.978-0.999 are found with recall >= 0.99.
 PROBES = 8
 POOL = 32
-QUERY_BATCH = 1024  # items queried at once: 1024 x 32 candidates x 512 float32 = 64 MiB
+QUERY_BATCH = 1024  # items queried at once: 1024 x 32 candidates x 512 float32 = 64 MiB re-ranked
 
 
 class AnnNeighbours:
@@ -67,11 +67,10 @@ class AnnNeighbours:
         items = np.searchsorted(self.rows, found).clip(max=len(self.rows) - 1)
         own = np.arange(start, start + len(found))[:, None]
         valid = (found >= 0) & (self.rows[items] == found) & (items != own)
-        query_of, slot = np.nonzero(valid)
-        scores = np.full(found.shape, -np.inf, dtype=np.float32)
-        candidates = self._load(found[query_of, slot])  # (V, D)
-        scores[query_of, slot] = np.einsum("ij,ij->i", candidates, queries[query_of])
-        scores = np.minimum(scores, 1.0)  # float16 rounding may carry a near-identical pair past 1
+        readable = np.where(valid, found, self.rows[0])  # invalid slots read any row and are masked after
+        candidates = self._load(readable.ravel()).reshape(*found.shape, -1)  # (B, pool, D)
+        scores = np.einsum("bpd,bd->bp", candidates, queries)
+        scores = np.where(valid, np.minimum(scores, 1.0), -np.inf)  # float16 rounding may pass 1 for a near copy
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (B, k)
         best_scores = np.take_along_axis(scores, best, axis=1)
         keep = best_scores >= threshold
