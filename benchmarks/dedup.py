@@ -11,6 +11,11 @@ as 1/sqrt(rank)) at cosine ~0.7 to its centre. A fraction (--planted, default 2%
 duplicates of an earlier item at cosine 0.977-0.999: half `near` (a 64-bit hash within 8 bits of
 the original's), half `similar` bursts (an unrelated hash). Every other item has its own random hash.
 Reported: time, peak memory, and the planted pairs found (recall) and false links between unplanted items.
+
+The neighbour search is dedup's own choice (--search auto): the approximate one (faiss IVF-PQ, as the
+index keeps it, built here in the child and timed apart as ann_build_s) from vitkit's ANN threshold
+(100,000 vectors), the exact one below it. --search exact|ann forces one; --probes/--pool set the
+approximate search's lists scanned and candidates re-ranked per item.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ GENERATE_BLOCK = 8192
 def vm_hwm_mb() -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+def reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux: 5 to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
 
 
 def generate(path: Path, count: int, dim: int, planted: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,7 +83,6 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from vitkit.retrieval.grouping import link_items
-    from vitkit.retrieval.neighbours import ExactNeighbours
 
     torch.set_num_threads(args.threads)
     folder = Path(args.data)
@@ -85,8 +95,21 @@ def child(args: argparse.Namespace) -> dict:
         return np.unpackbits(differ.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1) <= 16
 
     started = time.perf_counter()
-    search = ExactNeighbours(vectors, np.arange(args.count), args.query_limit)
-    links = link_items(search, args.threshold, args.near_floor, agree)
+    search, build_s = neighbour_search(args, vectors)
+    started += build_s
+    build_peak = vm_hwm_mb()
+    reset_peak()  # from here VmHWM is grouping's own peak (dedup reuses the index's persisted ANN file)
+    search_peak: list[float] = []
+
+    class Measured:  # the search's own peak, before the links become components
+        def __len__(self) -> int:
+            return len(search)
+
+        def pairs(self, threshold: float, k: int):
+            yield from search.pairs(threshold, k)
+            search_peak.append(vm_hwm_mb())
+
+    links = link_items(Measured(), args.threshold, args.near_floor, agree)
     group_s = time.perf_counter() - started
     peak = vm_hwm_mb()
     plants = np.flatnonzero(original >= 0)
@@ -106,7 +129,26 @@ def child(args: argparse.Namespace) -> dict:
             "rss_before_grouping_mb": round(before, 1), "peak_rss_mb": round(peak, 1),
             "vector_file_mb": round(args.count * args.dim * 2 / 2**20, 1),
             "n_squared_float32_mb": round(args.count ** 2 * 4 / 2**20, 1), "threads": args.threads,
-            "query_limit": args.query_limit}
+            "query_limit": args.query_limit, "search": type(search).__name__, "ann_build_s": round(build_s, 1),
+            "ann_build_peak_rss_mb": round(build_peak, 1) if build_s else None,
+            "search_peak_rss_mb": round(search_peak[0], 1) if search_peak else None,
+            **({"probes": search.probes, "pool": search.pool} if hasattr(search, "probes") else {})}
+
+
+def neighbour_search(args: argparse.Namespace, vectors: np.ndarray):
+    """(the neighbour search dedup would use, seconds spent building the ANN index for it)."""
+    from vitkit.retrieval import ann
+    from vitkit.retrieval.ann_neighbours import PROBES, POOL, AnnNeighbours
+    from vitkit.retrieval.approximate import ann_min_files
+    from vitkit.retrieval.neighbours import ExactNeighbours
+
+    rows = np.arange(args.count)
+    approximate = args.search == "ann" or (args.search == "auto" and args.count >= ann_min_files())
+    if not approximate:
+        return ExactNeighbours(vectors, rows, args.query_limit), 0.0
+    started = time.perf_counter()
+    index = ann.build(vectors, rows, "benchmark", 0)
+    return AnnNeighbours(vectors, rows, index, args.probes or PROBES, args.pool or POOL), time.perf_counter() - started
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -137,6 +179,10 @@ def main() -> None:
     parser.add_argument("--query-limit", type=int, default=None,
                         help="score only the first N items as queries: the memory peak at full size in minutes, "
                              "not the groups (recall is then meaningless) nor the full time")
+    parser.add_argument("--search", choices=("auto", "exact", "ann"), default="auto",
+                        help="neighbour search: auto (dedup's choice by size), exact or ann")
+    parser.add_argument("--probes", type=int, default=None, help="ann: inverted lists scanned per item")
+    parser.add_argument("--pool", type=int, default=None, help="ann: candidates re-ranked exactly per item")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -177,3 +177,36 @@ def test_folders_restrict_the_groups(duplicates, dedup_index: Path, tiny_open_cl
     table = runner.invoke(app, ["dedup", str(folder / "copies"), "--model", str(tiny_open_clip_dir),
                                 "--index", str(dedup_index), "--threshold", NO_SIMILAR, "--format", "table"])
     assert table.exit_code == 0 and table.stdout == f"no duplicates among {len(GOOD_SAMPLES)} files\n"
+
+
+@pytest.mark.parametrize("threshold", [NO_SIMILAR, "0.9"])
+def test_approximate_neighbours_give_the_exact_groups(threshold: str, duplicates, dedup_index: Path,
+                                                       tiny_open_clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the ANN threshold (forced to 0 here) dedup queries the index's faiss structure, rebuilding a
+    missing one with a warning; the groups equal the exact search's, for the whole folder and a subfolder."""
+    from vitkit.retrieval import approximate, dedup
+
+    folder, _ = duplicates
+    exact = [dedup_cmd(f, tiny_open_clip_dir, dedup_index, "--threshold", threshold) for f in (folder, folder / "variants")]
+    used: list[int] = []
+
+    class Counted(dedup.AnnNeighbours):
+        def pairs(self, threshold: float, k: int):
+            used.append(len(self))
+            yield from super().pairs(threshold, k)
+
+    monkeypatch.setattr(dedup, "AnnNeighbours", Counted)
+    monkeypatch.setenv(approximate.ANN_MIN_FILES_ENV, "0")
+    (dedup_index / "ann.faiss").unlink(missing_ok=True)
+    result = runner.invoke(app, ["dedup", str(folder), "--model", str(tiny_open_clip_dir), "--index", str(dedup_index),
+                                 "--format", "jsonl", "--threshold", threshold])
+    assert result.exit_code == 0, result.stderr
+    assert "approximate search index" in result.stderr and "rebuilding" in result.stderr
+    assert (dedup_index / "ann.faiss").is_file()  # saved for the next run
+    assert parse_jsonl(result.stdout) == exact[0]
+    assert dedup_cmd(folder / "variants", tiny_open_clip_dir, dedup_index, "--threshold", threshold) == exact[1]
+    items = len(GOOD_SAMPLES) * 5  # the original and its byte copy are one item
+    assert used == [items, 4 * len(GOOD_SAMPLES)]  # variants/ holds 4 kinds of copy per photo
+    tiers = {d["tier"] for g in exact[0] for d in g["duplicates"]}
+    # 0.9 joins distinct photos of the tiny random model by similar links: chains across the near groups.
+    assert tiers == ({"exact", "near"} if threshold == NO_SIMILAR else {"exact", "near", "similar"})

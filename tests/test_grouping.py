@@ -64,3 +64,43 @@ def test_near_needs_both_the_hash_and_the_embedding_floor() -> None:
     lenient = link_items(search, threshold=0.93, near_floor=0.90, near=agree)
     assert lenient.linked[2] == lenient.linked[3] and lenient.near[2] != lenient.near[3]  # similar, not near
     assert len(set(lenient.linked.tolist())) == 4
+
+
+def clustered_with_duplicates(rng: np.random.Generator, count: int = 3000, dim: int = 32) -> np.ndarray:
+    """Clusters (cosine ~0.7 to their centre), 5% of them planted copies of an earlier item at cosine 0.95-0.999."""
+    centres = rng.standard_normal((30, dim))
+    noise = rng.standard_normal((count, dim))
+    vectors = centres[rng.integers(0, 30, count)] / np.sqrt(dim) + noise / np.sqrt(dim)
+    for i in rng.choice(np.arange(1, count), count // 20, replace=False):
+        original = vectors[rng.integers(0, i)]
+        jitter = rng.standard_normal(dim)
+        vectors[i] = original / np.linalg.norm(original) + rng.uniform(0.05, 0.3) * jitter / np.linalg.norm(jitter)
+    return unit(vectors)
+
+
+def pair_sets(search, threshold: float, k: int) -> dict[tuple[int, int], float]:
+    found = {}
+    for block in search.pairs(threshold, k):
+        assert not np.any(block.left == block.right)
+        found.update({(int(a), int(b)): float(s) for a, b, s in zip(block.left, block.right, block.score)})
+    return found
+
+
+@pytest.mark.parametrize("restricted", [False, True])
+def test_ann_neighbours_equal_exact_neighbours_at_generous_settings(restricted: bool) -> None:
+    """Every list scanned and a large pool: the faiss IVF-PQ path finds the exact pairs, with exact scores,
+    also when only some of the index's rows are in scope (the others filtered out while scanning)."""
+    from vitkit.retrieval import ann
+    from vitkit.retrieval.ann_neighbours import AnnNeighbours
+
+    rng = np.random.default_rng(3)
+    vectors = clustered_with_duplicates(rng)
+    index = ann.build(vectors, np.arange(len(vectors)), "test", 0)
+    rows = np.sort(rng.choice(len(vectors), 2000, replace=False)) if restricted else np.arange(len(vectors))
+    approximate = AnnNeighbours(vectors, rows, index, probes=index.header.nlist, pool=300)
+    exact = pair_sets(ExactNeighbours(vectors, rows), 0.9, 16)
+    found = pair_sets(approximate, 0.9, 16)
+    assert len(exact) > 50  # the planted copies
+    assert found.keys() == exact.keys()
+    for pair, score in found.items():
+        assert score == pytest.approx(exact[pair], abs=1e-5)

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitkit.errors import UsageError
-from vitkit.retrieval.exact import folders as folder_list, prefix_range
+from vitkit.retrieval.ann_neighbours import AnnNeighbours
+from vitkit.retrieval.approximate import ann_min_files
+from vitkit.retrieval.exact import Snapshot, folders as folder_list, prefix_range
 from vitkit.retrieval.grouping import Links, link_items
 from vitkit.retrieval.neighbours import ExactNeighbours, NeighbourSearch
 from vitkit.retrieval.phash import PerceptualHashes
@@ -97,14 +99,26 @@ def find_duplicates(folders: Sequence[str], threshold: float = DEFAULT_THRESHOLD
     indexed = index_folders(folders, options or IndexOptions(), reporter)
     under = [os.path.abspath(f) for f in folders] or None
     with open_reader(indexed.folder, get_model_key(indexed.spec), get_model_ref(indexed.spec)) as index:
-        catalogue = read_catalogue(index, under)
+        if reporter is not None:
+            index.warn = lambda text: reporter.message(f"warning: {text}")
+        snapshot = index.snapshot()  # one committed state for the files, their rows and the ANN index
+        catalogue = read_catalogue(index, under, snapshot)
         hashes = PerceptualHashes(_PathOfItem(catalogue))
-        groups = group_duplicates(catalogue, threshold, keep, hashes)
+        groups = group_duplicates(catalogue, threshold, keep, hashes, neighbour_search(index, snapshot, catalogue))
     return DedupResult(groups, indexed.counts, len(catalogue.paths), hashes.failed)
 
 
-def read_catalogue(index: IndexReader, under: Sequence[str] | None) -> Catalogue:
-    snapshot = index.snapshot()
+def neighbour_search(index: IndexReader, snapshot: Snapshot,
+                     catalogue: Catalogue) -> Callable[[np.ndarray, np.ndarray], NeighbourSearch]:
+    """Exact below approximate.ann_min_files() files in scope (faster there), else the index's ANN."""
+    if len(catalogue.paths) < ann_min_files() or len(catalogue.item_rows) < 2:
+        return ExactNeighbours
+    ann_index = index.ann_index(snapshot)
+    return lambda vectors, rows: AnnNeighbours(vectors, rows, ann_index)
+
+
+def read_catalogue(index: IndexReader, under: Sequence[str] | None, snapshot: Snapshot | None = None) -> Catalogue:
+    snapshot = snapshot or index.snapshot()
     chosen = _positions_under(snapshot.paths, under) if under is not None else np.arange(len(snapshot.paths))
     paths = [snapshot.paths[i] for i in chosen]
     entries = index.stored_entries(paths)

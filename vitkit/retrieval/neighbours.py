@@ -3,9 +3,9 @@
 Grouping needs one thing from a vector search, behind `NeighbourSearch`: for each of n items (positions
 0..n-1 of the vectors it was built on), up to k other items with cosine >= a threshold (its k best when
 more qualify), delivered in blocks so nothing of size n x n ever exists. `ExactNeighbours` answers it with
-blocked matrix products over the float16 rows (exact; O(n^2 D) time, fine up to ~10^5 items). An
-approximate index answers the same question with one k-NN query per item (the items' own vectors as
-queries, the item itself dropped) and a score filter. Scores must be exact cosines of the stored rows
+blocked matrix products over the float16 rows (exact; O(n^2 D) time, fine up to ~10^5 items). The
+approximate index (ann_neighbours.AnnNeighbours) answers it with one k-NN query per item (its own vector as
+the query, the item itself dropped) and a score filter. Scores must be exact cosines of the stored rows
 (re-rank ANN candidates), as tiers compare them with thresholds; missing a neighbour only risks a
 missed link, never a wrong one.
 """

@@ -210,6 +210,17 @@ class IndexReader:
                                            self._ann_cache, self._persist_ann)
         return self._ann_cache
 
+    def ann_index(self, snapshot: Snapshot) -> ann.AnnIndex:
+        """The ANN index holding every live row of `snapshot` (for dedup's neighbour queries): the saved
+        one checked and brought up to date in memory (then saved when no writer holds the lock), or
+        rebuilt with a warning when missing, damaged or out of date."""
+        view = self._ann_view(snapshot)
+        if len(view.unindexed):
+            # Search scores the few missing rows exactly per query; a query per item needs them indexed.
+            view.index.sync(snapshot.vectors, np.flatnonzero(view.live_mask))
+            self._persist_ann(view.index)
+        return view.index
+
     def _persist_ann(self, index: ann.AnnIndex) -> None:
         """Save an ANN index this reader had to rebuild or sync, unless a writer holds the lock (it
         saves its own when it closes)."""
