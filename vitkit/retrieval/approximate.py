@@ -7,7 +7,6 @@ not asked for exact results; a folder restriction holding fewer files than that 
 
 from __future__ import annotations
 
-import bisect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitkit.retrieval import ann
-from vitkit.retrieval.exact import Hit, Snapshot, folders, prefix_range
+from vitkit.retrieval.exact import Hit, Snapshot, inside_mask
 
 ANN_MIN_FILES_ENV = "VITKIT_ANN_MIN_FILES"
 # Measured with benchmarks/search.py on 2 cores: at 100,000 files exact search costs ~20 ms at numpy's
@@ -82,7 +81,7 @@ def search(snapshot: Snapshot, view_: AnnView, queries: np.ndarray, k: int, thre
            under: Sequence[str] | None) -> list[list[Hit]] | None:
     """For each unit query row of (Q, D), its k best files (ties broken by path), or None where exact
     search should answer instead (a small folder restriction, or too few candidates to fill k)."""
-    inside = None if under is None else _inside(snapshot, under)
+    inside = None if under is None else inside_mask(snapshot, under)
     allowed = len(snapshot.paths) if inside is None else int(inside.sum())
     if allowed < ann_min_files() or allowed == 0:
         return None
@@ -127,18 +126,6 @@ def _rank(snapshot: Snapshot, view_: AnnView, rows: np.ndarray, query: np.ndarra
     order = np.lexsort((entries, -entry_scores))[:k]  # entries are in path order: ties break by path
     return [Hit(snapshot.paths[e], float(s)) for s, e in zip(entry_scores[order], entries[order])
             if threshold is None or s >= threshold]
-
-
-def _inside(snapshot: Snapshot, under: Sequence[str]) -> np.ndarray:
-    """(F,) bool: the entry's path is one of `under` or inside one of those folders."""
-    inside = np.zeros(len(snapshot.paths), dtype=bool)
-    for folder in folders(under):
-        exact, lo, hi = prefix_range(folder)
-        start = bisect.bisect_left(snapshot.paths, exact)
-        if start < len(snapshot.paths) and snapshot.paths[start] == exact:
-            inside[start] = True
-        inside[bisect.bisect_left(snapshot.paths, lo):bisect.bisect_left(snapshot.paths, hi)] = True
-    return inside
 
 
 def _far_from(rows: np.ndarray, live_mask: np.ndarray, live_count: int) -> bool:

@@ -195,6 +195,12 @@ def prefix_range(folder: str) -> tuple[str, str, str]:
 
 def _entries_under(snapshot: Snapshot, under: Sequence[str]) -> np.ndarray:
     """Entry positions (sorted by row) whose path is one of `under` or inside one of those folders."""
+    inside = inside_mask(snapshot, under)
+    return snapshot.by_row[inside[snapshot.by_row]]
+
+
+def inside_mask(snapshot: Snapshot, under: Sequence[str]) -> np.ndarray:
+    """(F,) bool: the entry's path is one of `under` or inside one of those folders."""
     inside = np.zeros(len(snapshot.paths), dtype=bool)
     for folder in folders(under):
         exact, lo, hi = prefix_range(folder)
@@ -202,7 +208,7 @@ def _entries_under(snapshot: Snapshot, under: Sequence[str]) -> np.ndarray:
         if start < len(snapshot.paths) and snapshot.paths[start] == exact:
             inside[start] = True
         inside[bisect.bisect_left(snapshot.paths, lo):bisect.bisect_left(snapshot.paths, hi)] = True
-    return snapshot.by_row[inside[snapshot.by_row]]
+    return inside
 
 
 def distinct_sorted(ascending: np.ndarray) -> np.ndarray:

@@ -169,12 +169,8 @@ class IndexReader:
         inside, bounds = _path_filter(under)
         with transaction(self._conn, "BEGIN"):
             meta = read_meta(self._conn, self.folder)
-            if (meta.model_key, meta.dim) != (self.model_key, self.dim):
-                raise IndexModelMismatchError(f"index {self.folder} was rebuilt with {meta.model_key} while open",
-                                              hint="open it again")
-            try:
-                vectors = map_vectors(self.folder / vectors_file_name(meta.generation), self.dim)
-            except FileNotFoundError:
+            vectors = self._vectors_of(meta)
+            if vectors is None:
                 return None
 
             scope = None
@@ -243,17 +239,23 @@ class IndexReader:
             self._snapshot_cache = self._load_snapshot(version)
         return self._snapshot_cache
 
+    def _vectors_of(self, meta: Meta) -> np.ndarray | None:
+        """The vector file `meta` names, mapped; None when a rebuild or compact has replaced it since."""
+        if (meta.model_key, meta.dim) != (self.model_key, self.dim):
+            raise IndexModelMismatchError(f"index {self.folder} was rebuilt with {meta.model_key} while open",
+                                          hint="open it again")
+        try:
+            return map_vectors(self.folder / vectors_file_name(meta.generation), self.dim)
+        except FileNotFoundError:
+            return None
+
     def _load_snapshot(self, version: int) -> Snapshot:
         for _ in range(_SNAPSHOT_TRIES):
             with transaction(self._conn, "BEGIN"):  # meta and rows from one committed state
                 meta = read_meta(self._conn, self.folder)
                 paths, rows = _paths_and_rows(self._conn)
-            if (meta.model_key, meta.dim) != (self.model_key, self.dim):
-                raise IndexModelMismatchError(f"index {self.folder} was rebuilt with {meta.model_key} while open",
-                                              hint="open it again")
-            try:
-                vectors = map_vectors(self.folder / vectors_file_name(meta.generation), self.dim)
-            except FileNotFoundError:
+            vectors = self._vectors_of(meta)
+            if vectors is None:
                 continue  # a rebuild or compact replaced the file after our snapshot; take a new one
             if len(rows) and rows.max() >= len(vectors):
                 raise damaged(self.folder, f"row {rows.max()} is in use but the vector file has {len(vectors)} rows")
