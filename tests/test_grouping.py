@@ -104,3 +104,18 @@ def test_ann_neighbours_equal_exact_neighbours_at_generous_settings(restricted: 
     assert found.keys() == exact.keys()
     for pair, score in found.items():
         assert score == pytest.approx(exact[pair], abs=1e-5)
+
+
+def test_a_file_that_cannot_be_hashed_is_named_with_its_reason() -> None:
+    """Bad input is reported per file: the path and why, never only a count."""
+    from tests.conftest import GOOD_SAMPLES, SAMPLE_DATA, SAMPLE_ERRORS
+    from vitkit.retrieval.phash import PerceptualHashes
+
+    paths = [str(SAMPLE_DATA / GOOD_SAMPLES[0]), str(SAMPLE_ERRORS / "truncated.jpg"), str(SAMPLE_ERRORS / "empty.jpg")]
+    hashes = PerceptualHashes(lambda item: paths[item])
+    assert hashes.distance(0, 1) is None and hashes.distance(0, 0) == 0
+    hashes.prepare([2])
+    failed = dict(hashes.failed)
+    assert list(failed) == sorted(paths[1:])
+    assert all(reason.strip() for reason in failed.values())
+    assert paths[0] not in failed

@@ -216,9 +216,9 @@ def run_dedup(folders: Sequence[str], model: ModelOptions, batch: BatchOptions, 
     reporter = Reporter(quiet=quiet)
     options = _index_options(model, batch, index_dir, rebuild, wait)
     result = find_duplicates(folders, DEFAULT_THRESHOLD if threshold is None else threshold, keep, options, reporter)
-    if result.unhashable:
-        reporter.message(f"{result.unhashable} files could not be decoded for the perceptual hash; "
-                         "they can only be exact or similar duplicates")
+    for path, reason in result.unhashable:  # not an input failure: the file can still be exact or similar
+        reporter.message(f"warning: {path}: no perceptual hash ({reason}); it can only be an exact or similar "
+                         "duplicate")
     rows = group_records(result.groups)
     if html:
         write_group_page(html, rows, f"{len(rows)} groups among {result.files} files")

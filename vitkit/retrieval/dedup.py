@@ -76,7 +76,7 @@ class DedupResult:
     groups: list[DuplicateGroup]
     counts: IndexCounts  # of the incremental update that ran first
     files: int  # files in scope
-    unhashable: int = 0  # files the perceptual hash could not decode (they can still be exact or similar)
+    unhashable: tuple[tuple[str, str], ...] = ()  # (path, reason): not decodable for the perceptual hash
 
 
 def check_dedup_options(threshold: float, keep: str) -> None:

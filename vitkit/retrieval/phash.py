@@ -24,16 +24,16 @@ HASH_THREADS = 4  # decoding releases the GIL
 NEAR_MAX_BITS = 16
 
 
-def perceptual_hash(path: str) -> int | None:
-    """The 64-bit pHash of the image as displayed; None when the file cannot be decoded now."""
+def perceptual_hash(path: str) -> int | str:
+    """The 64-bit pHash of the image as displayed, or why the file cannot be decoded now."""
     import imagehash
 
     from vitkit.inputs.decode import DecodeOptions, decode_image
 
     try:
         image = decode_image(path, DecodeOptions(draft_size=DECODE_SIZE)).image
-    except InputError:
-        return None
+    except InputError as error:
+        return error.message
     bits = imagehash.phash(image).hash.flatten()  # (64,) bool
     return int(np.packbits(bits).view(">u8")[0])
 
@@ -44,13 +44,18 @@ class PerceptualHashes:
     def __init__(self, path_of: Callable[[int], str]) -> None:
         self._path_of = path_of  # item -> one file holding its content
         self._hashes: dict[int, int | None] = {}
+        self.failures: dict[str, str] = {}  # path -> why it could not be hashed
 
     def prepare(self, items: Iterable[int]) -> None:
         missing = sorted({int(i) for i in items} - self._hashes.keys())
         if not missing:
             return
+        paths = [self._path_of(item) for item in missing]
         with ThreadPoolExecutor(HASH_THREADS) as pool:
-            self._hashes.update(zip(missing, pool.map(perceptual_hash, map(self._path_of, missing))))
+            for item, path, found in zip(missing, paths, pool.map(perceptual_hash, paths)):
+                if isinstance(found, str):
+                    self.failures[path] = found
+                self._hashes[item] = found if isinstance(found, int) else None
 
     def distance(self, a: int, b: int) -> int | None:
         """Differing bits between two items' hashes; None when either could not be hashed."""
@@ -67,5 +72,6 @@ class PerceptualHashes:
                          for a, b in zip(left.tolist(), right.tolist())], dtype=bool)
 
     @property
-    def failed(self) -> int:
-        return sum(value is None for value in self._hashes.values())
+    def failed(self) -> tuple[tuple[str, str], ...]:
+        """(path, reason) of each file that could not be hashed, in path order."""
+        return tuple(sorted(self.failures.items()))
