@@ -65,18 +65,24 @@ class AnnIndex:
         self.rows = _ids_of(index)
 
     def search(self, query: np.ndarray, pool: int, probes: int, row_filter: np.ndarray | None = None) -> np.ndarray:
-        """Candidate rows for one (1, D) unit query, approximately best first. `row_filter` (a bit per
-        row, packed little-endian) keeps only those rows while scanning, so a folder restriction still
-        gets a full pool of candidates from inside it."""
+        """Candidate rows for one (1, D) unit query, approximately best first (see search_batch)."""
+        found = self.search_batch(query, pool, probes, row_filter)[0]
+        return found[found >= 0]
+
+    def search_batch(self, queries: np.ndarray, pool: int, probes: int,
+                     row_filter: np.ndarray | None = None) -> np.ndarray:
+        """(B, pool) candidate rows for (B, D) unit queries, approximately best first, -1 where fewer were
+        found. `row_filter` (from `row_filter()`) keeps only those rows while scanning, so a folder
+        restriction still gets a full pool of candidates from inside it."""
         import faiss
 
         params = faiss.SearchParametersIVF(nprobe=min(probes, self.header.nlist))
         if row_filter is not None:
             selector = faiss.IDSelectorBitmap(len(row_filter), faiss.swig_ptr(row_filter))  # length in bytes
             params.sel = selector  # the selector must outlive the search: keep `selector` alive until then
-        with _threads(0):  # one query gains nothing from threads
-            _, found = self.index.search(query, pool, params=params)
-        return found[0][found[0] >= 0]
+        with _threads(len(self.rows) if len(queries) > 1 else 0):  # one query gains nothing from threads
+            _, found = self.index.search(queries, pool, params=params)
+        return found
 
     def sync(self, vectors: np.ndarray, live: np.ndarray) -> bool:
         """Drop rows that are no longer live and add live rows it lacks; returns whether anything changed."""
@@ -199,6 +205,12 @@ def _add_rows(index, vectors: np.ndarray, rows: np.ndarray) -> None:
     for start in range(0, len(rows), _ADD_CHUNK):
         chunk = rows[start:start + _ADD_CHUNK]
         index.add_with_ids(np.asarray(vectors[chunk], dtype=np.float32), chunk.astype(np.int64))
+
+
+def row_filter(rows_inside: np.ndarray) -> np.ndarray:
+    """A (R,) bool mask of rows as the packed bitmap search() takes (faiss's IDSelectorBitmap reads
+    bits little-endian)."""
+    return np.packbits(rows_inside, bitorder="little")
 
 
 @contextmanager

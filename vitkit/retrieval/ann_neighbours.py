@@ -41,26 +41,21 @@ class AnnNeighbours:
         return len(self.rows)
 
     def pairs(self, threshold: float, k: int) -> Iterator[Pairs]:
-        import faiss
-
         n = len(self.rows)
         if n < 2 or k < 1:
             return
         k = min(k, n - 1)
         pool = max(self.pool, k + 1)  # the item itself comes back too
-        params = faiss.SearchParametersIVF(nprobe=min(self.probes, self.index.header.nlist))
+        row_filter = None
         if len(self.rows) < len(self.index.rows):
             # A folder restriction: scan only rows in scope, so the whole pool comes from inside it.
             in_scope = np.zeros(int(self.index.rows[-1]) + 1, dtype=bool)
             in_scope[self.rows[self.rows < len(in_scope)]] = True
-            bitmap = np.packbits(in_scope, bitorder="little")  # the bit order IDSelectorBitmap reads
-            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-            params.sel = selector  # `selector` and `bitmap` stay alive until the loop ends
+            row_filter = ann.row_filter(in_scope)
         for start in range(0, n, QUERY_BATCH):
             stop = min(start + QUERY_BATCH, n)
             queries = self._load(self.rows[start:stop])
-            with ann._threads(n):
-                _, found = self.index.index.search(queries, pool, params=params)
+            found = self.index.search_batch(queries, pool, self.probes, row_filter)
             yield from self._rerank(start, queries, found, threshold, k)
 
     def _rerank(self, start: int, queries: np.ndarray, found: np.ndarray, threshold: float, k: int) -> Iterator[Pairs]:

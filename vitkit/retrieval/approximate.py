@@ -94,7 +94,7 @@ def search(snapshot: Snapshot, view_: AnnView, queries: np.ndarray, k: int, thre
     if inside is not None:
         rows_inside = np.zeros(len(snapshot.vectors), dtype=bool)
         rows_inside[snapshot.rows[inside]] = True
-        row_filter = np.packbits(rows_inside, bitorder="little")  # the bit order faiss's IDSelectorBitmap reads
+        row_filter = ann.row_filter(rows_inside)
         extra = extra[rows_inside[extra]]
     results = []
     for query in queries:

@@ -11,7 +11,6 @@ chain of near links joins them); its score is always its own cosine to the kept 
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ import numpy as np
 from vitkit.errors import UsageError
 from vitkit.retrieval.ann_neighbours import AnnNeighbours
 from vitkit.retrieval.approximate import ann_min_files
-from vitkit.retrieval.exact import Snapshot, folders as folder_list, prefix_range
+from vitkit.retrieval.exact import Snapshot, inside_mask
 from vitkit.retrieval.grouping import Links, link_items
 from vitkit.retrieval.neighbours import ExactNeighbours, NeighbourSearch
 from vitkit.retrieval.phash import PerceptualHashes
@@ -119,7 +118,7 @@ def neighbour_search(index: IndexReader, snapshot: Snapshot,
 
 def read_catalogue(index: IndexReader, under: Sequence[str] | None, snapshot: Snapshot | None = None) -> Catalogue:
     snapshot = snapshot or index.snapshot()
-    chosen = _positions_under(snapshot.paths, under) if under is not None else np.arange(len(snapshot.paths))
+    chosen = np.flatnonzero(inside_mask(snapshot, under)) if under is not None else np.arange(len(snapshot.paths))
     paths = [snapshot.paths[i] for i in chosen]
     entries = index.stored_entries(paths)
     # A file removed since the snapshot has no entry: it is left out.
@@ -194,14 +193,3 @@ class _PathOfItem:
     def __call__(self, item: int) -> str:
         return self._paths[self._first[item]]
 
-
-def _positions_under(paths: list[str], under: Sequence[str]) -> np.ndarray:
-    """Positions of the sorted `paths` that are one of `under` or inside one of those folders."""
-    inside = np.zeros(len(paths), dtype=bool)
-    for folder in folder_list(under):
-        exact, lo, hi = prefix_range(folder)
-        start = bisect.bisect_left(paths, exact)
-        if start < len(paths) and paths[start] == exact:
-            inside[start] = True
-        inside[bisect.bisect_left(paths, lo):bisect.bisect_left(paths, hi)] = True
-    return np.flatnonzero(inside)
