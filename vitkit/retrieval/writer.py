@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -28,12 +29,8 @@ from vitkit.retrieval.vectors import (
 
 DEAD_FRACTION_TO_COMPACT = 0.5  # after an update, compact once more than this share of the vector file is dead
 
-# An entry reusing known content (a renamed, touched or copied file) comes without its pixel size: it
-# takes the size another file with the same content has, so dedup's --keep largest still sees it.
 _UPSERT_FILE = """INSERT INTO files (path, size, mtime_ns, content_hash, row, width, height)
-    VALUES (?1, ?2, ?3, ?4, ?5,
-        COALESCE(?6, (SELECT width FROM files WHERE content_hash = ?4 AND width IS NOT NULL LIMIT 1)),
-        COALESCE(?7, (SELECT height FROM files WHERE content_hash = ?4 AND height IS NOT NULL LIMIT 1)))
+    VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
         content_hash = excluded.content_hash, row = excluded.row, width = excluded.width, height = excluded.height"""
 _UPSERT_FAILURE = """INSERT INTO failures (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)
@@ -148,6 +145,7 @@ class IndexWriter(IndexReader):
             if not is_storable(entry.state.path):
                 raise ValueError(f"cannot index {entry.state.path!r}: the file name is not valid UTF-8")
         rows = self.rows_for_hashes(list({entry.content_hash for entry in entries}))
+        sizes = self._pixel_sizes({entry.content_hash for entry in entries if entry.width is None})
         new: list[Entry] = []
         for entry in entries:
             if entry.content_hash in rows:
@@ -165,10 +163,24 @@ class IndexWriter(IndexReader):
                 self._conn.executemany("INSERT INTO vectors (row, content_hash) VALUES (?, ?)",
                                        [(rows[e.content_hash], e.content_hash) for e in new])
                 self._conn.executemany(_UPSERT_FILE, [(e.state.path, e.state.size, e.state.mtime_ns, e.content_hash,
-                                                       rows[e.content_hash], e.width, e.height) for e in entries])
+                                                       rows[e.content_hash],
+                                                       *((e.width, e.height) if e.width is not None
+                                                         else sizes.get(e.content_hash, (None, None))))
+                                                      for e in entries])
                 self._conn.executemany("DELETE FROM failures WHERE path = ?", [(e.state.path,) for e in entries])
         self._snapshot_cache = None
         self._changed = self._changed or bool(entries)
+
+    def _pixel_sizes(self, hashes: set[str]) -> dict[str, tuple[int, int]]:
+        """content hash -> (width, height) as another file with that content has them. An entry reusing
+        known content (a renamed, touched or copied file) comes without its size, and dedup's --keep
+        largest needs it. One pass over `files` for all of them: it has no index by content hash."""
+        if not hashes:
+            return {}
+        found = self._conn.execute(
+            "SELECT content_hash, width, height FROM files WHERE width IS NOT NULL AND height IS NOT NULL "
+            "AND content_hash IN (SELECT value FROM json_each(?))", (json.dumps(sorted(hashes)),)).fetchall()
+        return {digest: (width, height) for digest, width, height in found}
 
     def record_failures(self, failures: Iterable[Failure]) -> None:
         """Remember files the model could not use, so later runs skip them until they change."""
