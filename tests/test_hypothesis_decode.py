@@ -54,10 +54,10 @@ def images(draw: Callable) -> Image.Image:
 def preprocessors(tiny_timm_dir: Path, tiny_open_clip_dir: Path) -> list[Callable[[Any], torch.Tensor]]:
     """The transforms the loader builds for a timm and an open_clip model, as the tasks use them."""
     from vitkit.models.loading import load_model
-    from vitkit.models.registry import CLASSIFY, EMBED, resolve
+    from vitkit.models.registry import CLASSIFY, SEARCH, resolve
 
     timm_model = load_model(resolve(str(tiny_timm_dir), CLASSIFY), CLASSIFY, "cpu", "fp32")
-    clip_model = load_model(resolve(str(tiny_open_clip_dir), EMBED), EMBED, "cpu", "fp32")
+    clip_model = load_model(resolve(str(tiny_open_clip_dir), SEARCH), SEARCH, "cpu", "fp32")
     return [timm_model.assets.transform, clip_model.assets.transform]
 
 

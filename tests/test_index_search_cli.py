@@ -193,11 +193,11 @@ def test_second_indexer_is_told_the_index_is_locked_while_search_works(photos: P
                                                                        tmp_path: Path) -> None:
     from vitkit.retrieval.index import VectorIndex
     from vitkit.retrieval.update import get_model_key
-    from vitkit.models.registry import EMBED, resolve
+    from vitkit.models.registry import SEARCH, resolve
 
     index_dir = tmp_path / "idx"
     index_cmd(photos, tiny_open_clip_dir, index_dir)
-    spec = resolve(str(tiny_open_clip_dir), EMBED)
+    spec = resolve(str(tiny_open_clip_dir), SEARCH)
     with VectorIndex.open_for_writing(index_dir, get_model_key(spec), 32):
         blocked = runner.invoke(app, ["index", str(photos), "--model", str(tiny_open_clip_dir), "--index", str(index_dir)])
         assert blocked.exit_code == 2 and "locked" in blocked.stderr and "--wait" in blocked.stderr

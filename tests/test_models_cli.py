@@ -33,7 +33,7 @@ def test_list_filters_by_task() -> None:
 def test_show_local_folder(tiny_timm_dir: Path) -> None:
     result = runner.invoke(app, ["models", "show", str(tiny_timm_dir), "--format", "json"])
     [row] = json.loads(result.stdout)
-    assert row["backend"] == "timm" and row["cached"] == "local" and row["tasks"] == "classify"
+    assert row["backend"] == "timm" and row["cached"] == "local" and row["tasks"] == "attention,classify,embed"
 
 
 def test_show_unknown_model_exits_3() -> None:
@@ -62,9 +62,9 @@ def test_a_model_that_cannot_label_says_so_in_command_words(tiny_timm_dir: Path)
     image = str(SAMPLE_DATA / GOOD_SAMPLES[0])
     result = runner.invoke(app, ["label", image, "--model", str(tiny_timm_dir), "--labels", "cat,dog"])
     assert result.exit_code == 2
-    assert "cannot label; it can: classify" in result.stderr and "zeroshot" not in result.stderr
+    assert "cannot label; it can: attention, classify, embed" in result.stderr and "zeroshot" not in result.stderr
     result = runner.invoke(app, ["search", "--text", "a cat", "--model", str(tiny_timm_dir), str(SAMPLE_DATA)])
-    assert "cannot embed (index, search, dedup)" in result.stderr
+    assert "cannot search (index, search, dedup)" in result.stderr
 
 
 def test_list_imports_no_model_library_and_is_quick() -> None:

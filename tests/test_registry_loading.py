@@ -11,7 +11,7 @@ import torch
 
 from vitkit.errors import ModelLoadError, ModelNotCachedError, ModelTaskMismatchError, UnknownModelError, UsageError
 from vitkit.models.loading import is_hub_reachable, load_model, resolve_device, resolve_precision
-from vitkit.models.registry import CAPTION, CLASSIFY, EMBED, INPAINT, LABEL, OPEN_CLIP, TIMM, TRANSFORMERS, resolve, resolve_any
+from vitkit.models.registry import CAPTION, CLASSIFY, SEARCH, INPAINT, LABEL, OPEN_CLIP, TIMM, TRANSFORMERS, resolve, resolve_any
 
 
 def test_catalogue_alias_and_default() -> None:
@@ -23,7 +23,7 @@ def test_catalogue_alias_and_default() -> None:
 def test_library_native_references() -> None:
     assert resolve_any("timm/vit_small_patch16_224.augreg_in21k_ft_in1k").source == \
         "hf-hub:timm/vit_small_patch16_224.augreg_in21k_ft_in1k"
-    assert resolve_any("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", EMBED).backend == OPEN_CLIP
+    assert resolve_any("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", SEARCH).backend == OPEN_CLIP
     assert resolve_any("hf-hub:timm/eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", CLASSIFY).backend == TIMM
     assert resolve_any("facebook/detr-resnet-50", "detect").backend == TRANSFORMERS
     assert resolve_any("ViT-B-32:laion2b_s34b_b79k").backend == OPEN_CLIP
@@ -54,7 +54,7 @@ def test_local_folders_detected_by_their_files(tiny_timm_dir: Path, tiny_open_cl
     assert resolve_any(str(tiny_timm_dir)).backend == TIMM
     assert resolve_any(f"local-dir:{tiny_timm_dir}").source == f"local-dir:{tiny_timm_dir.resolve()}"
     clip = resolve_any(str(tiny_open_clip_dir))
-    assert clip.backend == OPEN_CLIP and {LABEL, EMBED} <= clip.capabilities
+    assert clip.backend == OPEN_CLIP and {LABEL, SEARCH} <= clip.capabilities
     mae = resolve_any(str(tiny_transformers_mae_dir))
     assert mae.backend == TRANSFORMERS and INPAINT in mae.capabilities
 
@@ -76,7 +76,7 @@ def test_all_three_libraries_load_through_the_loader(tiny_timm_dir: Path, tiny_o
     timm_model = load_model(resolve(str(tiny_timm_dir), CLASSIFY), CLASSIFY, "cpu", "fp32")
     assert timm_model.module(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
     assert len(timm_model.assets.labels) == 1000
-    clip = load_model(resolve(str(tiny_open_clip_dir), EMBED), EMBED, "cpu", "fp32")
+    clip = load_model(resolve(str(tiny_open_clip_dir), SEARCH), SEARCH, "cpu", "fp32")
     assert clip.module.encode_text(clip.assets.tokenizer(["a cat"])).shape == (1, 32)
     mae = load_model(resolve(str(tiny_transformers_mae_dir), INPAINT), INPAINT, "cpu", "fp32")
     assert type(mae.module).__name__ == "ViTMAEForPreTraining" and mae.assets.processor is not None
@@ -90,7 +90,7 @@ def test_loaded_models_are_cached_per_process(tiny_timm_dir: Path) -> None:
 def test_open_clip_folder_without_weights_is_refused(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
     shutil.copy(tiny_open_clip_dir / "open_clip_config.json", tmp_path / "open_clip_config.json")
     with pytest.raises(ModelLoadError, match="no weights"):
-        load_model(resolve(str(tmp_path), EMBED), EMBED, "cpu", "fp32")
+        load_model(resolve(str(tmp_path), SEARCH), SEARCH, "cpu", "fp32")
 
 
 def test_timm_folder_without_weights_is_refused(tiny_timm_dir: Path, tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_every_backend_honours_the_protocol(tiny_timm_dir: Path, tiny_open_clip_
     names = ("resolve_name", "spec_for_folder", "spec_for_hub", "load", "draft_size", "hot_module", "hub_repo_id",
              "class_names")
     assert all(callable(getattr(b, n)) for b in list_backends() for n in names)
-    clip = load_model(resolve(str(tiny_open_clip_dir), EMBED), EMBED, "cpu", "fp32")
+    clip = load_model(resolve(str(tiny_open_clip_dir), SEARCH), SEARCH, "cpu", "fp32")
     assert get_backend(OPEN_CLIP).hot_module(clip.module) is clip.module.visual  # what --compile compiles
     assert clip.draft_size == 32
     timm_model = load_model(resolve(str(tiny_timm_dir), CLASSIFY), CLASSIFY, "cpu", "fp32")
@@ -169,5 +169,5 @@ def test_every_backend_honours_the_protocol(tiny_timm_dir: Path, tiny_open_clip_
 def test_capability_errors_use_command_names(tiny_open_clip_dir: Path) -> None:
     with pytest.raises(ModelTaskMismatchError) as info:
         resolve(str(tiny_open_clip_dir), CLASSIFY)
-    assert "cannot classify; it can: embed (index, search, dedup), label" in info.value.message
+    assert "cannot classify; it can: embed, label, search (index, search, dedup)" in info.value.message
     assert "--task classify" in info.value.hint

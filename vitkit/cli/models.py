@@ -20,9 +20,9 @@ from vitkit.runtime.report import Reporter
 
 app = typer.Typer(help="List, inspect and pre-download models.", no_args_is_help=True)
 
-Capability = Annotated[Optional[Literal["classify", "label", "embed", "caption", "detect", "segment", "inpaint"]], typer.Option(
+Capability = Annotated[Optional[Literal["classify", "label", "search", "embed", "attention", "caption", "detect", "segment", "inpaint"]], typer.Option(
     "--task",
-    help="The command the model is for (embed: what index and search use); settles which library an "
+    help="The command the model is for (search: what index, search and dedup use); settles which library an "
          "hf-hub:/org/repo reference belongs to.")]
 AllLabels = Annotated[bool, typer.Option("--labels", help="Print every class name, not only the first few.")]
 _COLUMNS = ("model", "tasks", "backend", "source", "params", "cached", "description")

@@ -10,18 +10,22 @@ import difflib
 from pathlib import Path
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError, UsageError
-from vitkit.models.spec import (CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DETECT, EMBED, INPAINT, LABEL,
-                                OPEN_CLIP, SEGMENT, TIMM, TRANSFORMERS, ModelSpec, describe_capability)
+from vitkit.models.spec import (ATTENTION, CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DETECT, EMBED, INPAINT,
+                                LABEL, OPEN_CLIP, SEARCH, SEGMENT, TIMM, TIMM_CAPABILITIES, TRANSFORMERS, ModelSpec,
+                                describe_capability)
 
-__all__ = ["CAPABILITIES", "CAPTION", "CLASSIFY", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP", "SEGMENT", "TIMM",
-           "TRANSFORMERS", "ModelSpec", "resolve", "resolve_any", "list_catalogue", "get_default_model"]
+__all__ = ["ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP",
+           "SEARCH", "SEGMENT", "TIMM", "TRANSFORMERS", "ModelSpec", "resolve", "resolve_any", "list_catalogue",
+           "get_default_model"]
 
 # For hub references that do not say which library they belong to (`hf-hub:org/repo`, `org/repo`) and
 # whose config is not in the cache, the command the model is for decides.
 BACKEND_FOR_CAPABILITY = {
     CLASSIFY: TIMM,
     LABEL: OPEN_CLIP,
-    EMBED: OPEN_CLIP,
+    SEARCH: OPEN_CLIP,
+    EMBED: TIMM,
+    ATTENTION: TIMM,
     CAPTION: OPEN_CLIP,
     DETECT: TRANSFORMERS,
     SEGMENT: TRANSFORMERS,
@@ -42,7 +46,8 @@ def _alias(alias: str, backend: str, source: str, caps: frozenset[str], desc: st
     return ModelSpec(alias, backend, source, caps, desc, params, hub_repo=hub_repo)
 
 
-_C = frozenset({CLASSIFY})
+_C = TIMM_CAPABILITIES
+_SELF_SUPERVISED = frozenset({EMBED, ATTENTION})  # no classifier head
 CATALOGUE: dict[str, ModelSpec] = {
     s.id: s
     for s in (
@@ -56,6 +61,12 @@ CATALOGUE: dict[str, ModelSpec] = {
                "DeiT III B/16, ImageNet-22k pretrain, ImageNet-1k fine-tune (85.7% top-1)", 86.6),
         _alias("eva02-b", TIMM, "hf-hub:timm/eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", _C,
                "EVA-02 B/14 at 448 px, MIM + ImageNet-22k, ImageNet-1k fine-tune (88.7% top-1)", 87.1),
+        _alias("dino-s16", TIMM, "hf-hub:timm/vit_small_patch16_224.dino", _SELF_SUPERVISED,
+               "DINO ViT-S/16, self-supervised on ImageNet-1k (77.0% linear, 74.5% k-NN top-1)", 21.7),
+        _alias("dino-b16", TIMM, "hf-hub:timm/vit_base_patch16_224.dino", _SELF_SUPERVISED,
+               "DINO ViT-B/16, self-supervised on ImageNet-1k (78.2% linear, 76.1% k-NN top-1)", 85.8),
+        _alias("dinov2-s14", TIMM, "hf-hub:timm/vit_small_patch14_dinov2.lvd142m", _SELF_SUPERVISED,
+               "DINOv2 ViT-S/14 at 518 px, self-supervised on LVD-142M (81.1% linear, 79.0% k-NN top-1)", 22.1),
         _alias("clip-b32", OPEN_CLIP, "ViT-B-32:laion2b_s34b_b79k", CLIP_CAPABILITIES,
                "OpenCLIP ViT-B/32 trained on LAION-2B (66.6% zero-shot ImageNet), fast on CPU", 151.3,
                "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
@@ -85,7 +96,9 @@ CATALOGUE: dict[str, ModelSpec] = {
 DEFAULT_MODELS = {
     CLASSIFY: "vit-b16",
     LABEL: "clip-b32",
-    EMBED: "clip-b32",
+    SEARCH: "clip-b32",
+    EMBED: "dino-s16",  # visual similarity; index and search keep clip-b32 (text and images in one space)
+    ATTENTION: "dino-s16",
     CAPTION: "coca-b32",
     DETECT: "detr-r50",
     SEGMENT: "segformer-b0",

@@ -8,19 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # What a command needs a model to be able to do. Each value is the name of the command that needs it,
-# so that errors and `vitkit models list --task` speak the user's words; `embed` is what `index` and
-# `search` need (image and text vectors in one space).
+# so that errors and `vitkit models list --task` speak the user's words; `search` is what `index`,
+# `search` and `dedup` need (image and text vectors in one space), `embed` image vectors alone.
 CLASSIFY = "classify"
 LABEL = "label"
+SEARCH = "search"
 EMBED = "embed"
+ATTENTION = "attention"
 CAPTION = "caption"
 DETECT = "detect"
 SEGMENT = "segment"
 INPAINT = "inpaint"
-CAPABILITIES = (CLASSIFY, LABEL, EMBED, CAPTION, DETECT, SEGMENT, INPAINT)
+CAPABILITIES = (CLASSIFY, LABEL, SEARCH, EMBED, ATTENTION, CAPTION, DETECT, SEGMENT, INPAINT)
 
 # The commands that use a capability, where that is not the capability's own name.
-COMMANDS_FOR_CAPABILITY = {EMBED: ("index", "search", "dedup")}
+COMMANDS_FOR_CAPABILITY = {SEARCH: ("index", "search", "dedup")}
 # ... and the other way round: the capability each command needs (`embed` is a library function too).
 CAPABILITY_OF_COMMAND = {**{c: c for c in CAPABILITIES},
                          **{command: c for c, commands in COMMANDS_FOR_CAPABILITY.items() for command in commands}}
@@ -29,11 +31,13 @@ TIMM = "timm"
 OPEN_CLIP = "open_clip"
 TRANSFORMERS = "transformers"
 
-CLIP_CAPABILITIES = frozenset({LABEL, EMBED})
+CLIP_CAPABILITIES = frozenset({LABEL, SEARCH, EMBED})
+# Any timm model: a classifier head where it has one; pooled features and the ViT blocks' attention always.
+TIMM_CAPABILITIES = frozenset({CLASSIFY, EMBED, ATTENTION})
 
 
 def describe_capability(capability: str) -> str:
-    """`embed (index, search)` for capabilities that are not a command of their own; else the name."""
+    """`search (index, search, dedup)` for a capability several commands use; else the name."""
     commands = COMMANDS_FOR_CAPABILITY.get(capability)
     return f"{capability} ({', '.join(commands)})" if commands else capability
 

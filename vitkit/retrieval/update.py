@@ -86,11 +86,11 @@ def index_folders(folders: Sequence[str], options: IndexOptions = IndexOptions()
     """Bring the index up to date with `folders`, taking the writer lock. The model is loaded only if
     a file needs embedding (or the index is new). Under torchrun every rank embeds a part and rank 0
     alone opens and writes the index; the other ranks return zero counts."""
-    from vitkit.models.registry import EMBED, resolve
+    from vitkit.models.registry import SEARCH, resolve
     from vitkit.runtime.distributed import get_context
 
     reporter = reporter or Reporter(quiet=True)
-    spec = resolve(options.model, EMBED)
+    spec = resolve(options.model, SEARCH)
     folder = Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)
     context = get_context()
     loaded: list[EmbedTask] = []
@@ -120,19 +120,19 @@ def index_folders(folders: Sequence[str], options: IndexOptions = IndexOptions()
 
 def load_embed_task(spec: ModelSpec, options: IndexOptions) -> EmbedTask:
     from vitkit.models.loading import load_model
-    from vitkit.models.registry import EMBED
+    from vitkit.models.registry import SEARCH
     from vitkit.tasks.embed import EmbedTask
 
-    return EmbedTask(load_model(spec, EMBED, options.device, options.precision, options.offline,
+    return EmbedTask(load_model(spec, SEARCH, options.device, options.precision, options.offline,
                                 compile=options.compile))
 
 
 def resolve_index_dir(options: IndexOptions) -> tuple[Path, ModelSpec | None]:
     """The index folder options name, resolving the model only when no --index is given or --model is:
     commands that load no model (merge, listing failures, compacting) need no model to find an index."""
-    from vitkit.models.registry import EMBED, resolve
+    from vitkit.models.registry import SEARCH, resolve
 
-    spec = resolve(options.model, EMBED) if options.model or not options.index_dir else None
+    spec = resolve(options.model, SEARCH) if options.model or not options.index_dir else None
     return (Path(options.index_dir) if options.index_dir else get_default_index_dir(spec)), spec
 
 

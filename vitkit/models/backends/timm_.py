@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from vitkit.errors import UnknownModelError
 from vitkit.models.backends.base import Classifier, ClassNames, hub_source_repo, read_config
-from vitkit.models.spec import CLASSIFY, TIMM, ModelSpec
+from vitkit.models.spec import TIMM, TIMM_CAPABILITIES, ModelSpec
 
 if TYPE_CHECKING:
     import torch
 
 LABELS_FILE = "labels.txt"  # optional, one label a line, for custom checkpoints without label_names
-_CAPABILITIES = frozenset({CLASSIFY})
+_CAPABILITIES = TIMM_CAPABILITIES
 
 
 @dataclass(frozen=True)
