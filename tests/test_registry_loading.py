@@ -171,3 +171,22 @@ def test_capability_errors_use_command_names(tiny_open_clip_dir: Path) -> None:
         resolve(str(tiny_open_clip_dir), CLASSIFY)
     assert "cannot classify; it can: embed, label, search (index, search, dedup)" in info.value.message
     assert "--task classify" in info.value.hint
+
+
+def test_a_timm_model_without_a_head_embeds_but_cannot_classify(tmp_path: Path) -> None:
+    import timm
+    from timm.models import save_for_hf
+
+    from vitkit.models.registry import ATTENTION, EMBED
+
+    torch.manual_seed(0)
+    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=1, embed_dim=32,
+                                 num_heads=2)
+    save_for_hf(headless, str(tmp_path / "headless"), safe_serialization=True)
+    spec = resolve_any(str(tmp_path / "headless"))
+    assert spec.capabilities == {EMBED, ATTENTION}
+    with pytest.raises(ModelTaskMismatchError, match="cannot classify; it can: attention, embed"):
+        resolve(str(tmp_path / "headless"), CLASSIFY)
+    assert resolve("dino-s16", EMBED).source == "hf-hub:timm/vit_small_patch16_224.dino"
+    with pytest.raises(ModelTaskMismatchError, match="cannot classify"):
+        resolve("dino-s16", CLASSIFY)

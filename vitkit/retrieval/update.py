@@ -234,8 +234,9 @@ def update_index(index: IndexWriter, get_task: Callable[[], EmbedTask], folders:
     for path, reason in plan.hash_failures:
         reporter.input_failed(path, reason, "unreadable")
     if plan.failed_unchanged:
-        reporter.message(f"{len(plan.failed_unchanged)} files failed before and have not changed; skipped "
-                         "(`vitkit index --failed` lists them)")
+        count = len(plan.failed_unchanged)
+        reporter.message(f"{count} {'file' if count == 1 else 'files'} failed before and "
+                         f"{'has' if count == 1 else 'have'} not changed; skipped (`vitkit index --failed` lists them)")
     known = index.known_paths()
     if plan.reusable:
         index.add([Entry(states[path], digest) for path, digest in plan.reusable])

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from vitkit.errors import UnknownModelError
+from vitkit.errors import ModelTaskMismatchError, UnknownModelError
 from vitkit.models.backends.base import Classifier, ClassNames, hub_source_repo, read_config
-from vitkit.models.spec import TIMM, TIMM_CAPABILITIES, ModelSpec
+from vitkit.models.spec import CLASSIFY, TIMM, TIMM_CAPABILITIES, ModelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ class TimmBackend:
         if config is None or "architecture" not in config:
             return None
         local = str(path.resolve())
-        return ModelSpec(reference, TIMM, f"local-dir:{local}", _CAPABILITIES,
+        return ModelSpec(reference, TIMM, f"local-dir:{local}", _capabilities_of(config),
                          description=f"timm {config['architecture']}", local_path=local)
 
     def spec_for_hub(self, reference: str, repo_id: str, snapshot: Path | None) -> ModelSpec:
@@ -64,6 +64,10 @@ class TimmBackend:
         return module
 
     def classifier(self, module: "torch.nn.Module", assets: TimmAssets) -> Classifier:
+        if not getattr(module, "num_classes", 0):
+            raise ModelTaskMismatchError("this timm model has no classifier head (num_classes 0): it cannot classify",
+                                         hint="use it with `vitkit embed` or `vitkit attention`, or pick a "
+                                              "classifier from `vitkit models list --task classify`")
         return Classifier(assets.transform, assets.labels, softmax_scores)
 
     def hub_repo_id(self, spec: ModelSpec) -> str | None:
@@ -79,6 +83,12 @@ class TimmBackend:
             return ClassNames(None, f"unknown until the model is downloaded (`vitkit models pull {spec.id}`)")
         names = _names_from_config(config, Path(spec.local_path) if spec.local_path else None)
         return ClassNames(names, "" if names else "the checkpoint does not name its classes")
+
+
+def _capabilities_of(config: dict[str, Any]) -> frozenset[str]:
+    """A checkpoint saved without a head (num_classes 0, as self-supervised ones are) cannot classify."""
+    num_classes = config.get("num_classes", (config.get("pretrained_cfg") or {}).get("num_classes"))
+    return _CAPABILITIES - {CLASSIFY} if num_classes == 0 else _CAPABILITIES
 
 
 def _known_config(spec: ModelSpec) -> dict[str, Any] | None:
