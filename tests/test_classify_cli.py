@@ -252,3 +252,25 @@ def test_resume_needs_a_jsonl_or_csv_file(tiny_timm_dir: Path, mixed_samples: Pa
     records = parse_jsonl(done.read_text())
     assert len(records) == len(GOOD_SAMPLES) + len(BROKEN_SAMPLES)
     assert len({r["path"] for r in records}) == len(records)
+
+
+def test_output_checks_come_before_the_model_loads(tmp_path: Path) -> None:
+    """A bad -o or --resume is refused at once: the model named here does not exist, and is never reached."""
+    missing = str(tmp_path / "no-such-model")
+    bad_extension = invoke("classify", str(SAMPLE_DATA), "--model", missing, "-o", str(tmp_path / "x.txt"))
+    assert bad_extension.exit_code == 2 and "unknown output extension '.txt'" in bad_extension.stderr
+    no_file = invoke("classify", str(SAMPLE_DATA), "--model", missing, "--resume")
+    assert no_file.exit_code == 2 and "--resume needs an output file" in no_file.stderr
+    sheet = invoke("classify", str(SAMPLE_DATA), "--model", missing, "--resume", "-o", str(tmp_path / "x.csv"),
+                   "--html", str(tmp_path / "x.html"))
+    assert sheet.exit_code == 2 and "--resume with --html needs JSON lines" in sheet.stderr
+    assert "no-such-model" not in bad_extension.stderr + no_file.stderr + sheet.stderr
+
+
+def test_resume_rebuilds_the_contact_sheet_from_every_record(tiny_timm_dir: Path, tmp_path: Path) -> None:
+    out, sheet = tmp_path / "out.jsonl", tmp_path / "sheet.html"
+    common = ("--model", str(tiny_timm_dir), "-o", str(out), "--resume", "--html", str(sheet))
+    assert invoke("classify", str(SAMPLE_DATA / GOOD_SAMPLES[0]), *common).exit_code == 0
+    assert invoke("classify", str(SAMPLE_DATA), *common).exit_code == 0
+    html = sheet.read_text()
+    assert all(html.count(name) >= 1 for name in GOOD_SAMPLES)  # the first run's image is on the sheet too

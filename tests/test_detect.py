@@ -244,3 +244,26 @@ def test_channels_last_weights_give_the_same_detections(tiny_detr_dir: Path, mon
         assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
         np.testing.assert_allclose([d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=0.05)
         np.testing.assert_allclose([d["score"] for d in a["detections"]], [d["score"] for d in b["detections"]], atol=1e-5)
+
+
+def test_resume_rebuilds_the_coco_file_from_every_record(tiny_detr_dir: Path, tmp_path: Path) -> None:
+    """A resumed run writes the whole-run COCO file from the kept records and the new ones, not the new ones alone."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in GOOD_SAMPLES[:3]:
+        shutil.copy(SAMPLE_DATA / name, photos / name)
+    out, coco = tmp_path / "det.jsonl", tmp_path / "det.json"
+    common = ("--model", str(tiny_detr_dir), "--threshold", "0.0", "--max-detections", "2", "-o", str(out),
+              "--resume", "--coco", str(coco))
+    first = runner.invoke(app, ["detect", str(photos / GOOD_SAMPLES[0]), *common])
+    assert first.exit_code == 0, first.stderr
+    assert len(json.loads(coco.read_text())["images"]) == 1
+    again = runner.invoke(app, ["detect", str(photos), *common])
+    assert again.exit_code == 0 and "resume: 1 inputs already have results" in again.stderr
+    document = json.loads(coco.read_text())
+    records = parse_jsonl(out.read_text())
+    assert sorted(i["file_name"] for i in document["images"]) == sorted(r["path"] for r in records)
+    assert len(records) == 3 and len(document["annotations"]) == 6
+    as_csv = runner.invoke(app, ["detect", str(photos), *common[:-4], str(tmp_path / "det.csv"), "--resume",
+                                 "--coco", str(coco)])
+    assert as_csv.exit_code == 2 and "--coco" in as_csv.stderr and "JSON lines" in as_csv.stderr

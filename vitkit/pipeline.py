@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, U
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
 from vitkit.inputs.decode import DEFAULT_MAX_PIXELS
 from vitkit.inputs.discover import InputItem, discover_inputs
-from vitkit.outputs.resume import check_resumable, open_appending_writer, prepare_resume
+from vitkit.outputs.resume import check_resumable, open_appending_writer, prepare_resume, read_kept_records
 from vitkit.outputs.writers import open_output, open_writer, resolve_format, write_listing
 from vitkit.runtime.report import Reporter
 
@@ -83,6 +83,17 @@ class OutputOptions:
     quiet: bool = False
     html: str | None = None  # contact sheet written after the run
     resume: bool = False  # append to `output`, skipping inputs an earlier run completed there
+
+    def check(self) -> None:
+        """What can be refused before a model loads: an unknown `-o` extension or format, and a `--resume`
+        the output cannot continue (a CSV row is not a whole record, so an HTML sheet cannot be rebuilt
+        from the rows an earlier run kept)."""
+        fmt = resolve_format(self.format, self.output)
+        if self.resume:
+            check_resumable(fmt, self.output)
+            if self.html and fmt != "jsonl":
+                raise UsageError(f"--resume with --html needs JSON lines output to rebuild {self.html} from",
+                                 hint="write -o results.jsonl, or drop --html")
 
 
 def split_options(options: dict[str, Any], *groups: type) -> list[Any]:
@@ -236,10 +247,10 @@ def execute(job: Job | None, out: OutputOptions) -> int:
     if job is None:
         return EXIT_OK
     context = get_context()
-    if out.resume:
-        job = _resumed(job, out, context)
     local_sinks = [s for s in job.sinks if getattr(s, "per_input", False)]
     main_sinks = [s for s in job.sinks if s not in local_sinks]
+    if out.resume:
+        job = _resumed(job, out, context, main_sinks)
     if context is None:
         reporter = Reporter(quiet=out.quiet)
         failed = _write_all(_run_records(job, reporter, local_sinks), out, job.task.layout, main_sinks)
@@ -256,14 +267,21 @@ def execute(job: Job | None, out: OutputOptions) -> int:
     return exit_code
 
 
-def _resumed(job: Job, out: OutputOptions, context: "RankContext | None") -> Job:
+def _resumed(job: Job, out: OutputOptions, context: "RankContext | None", main_sinks: Sequence[RecordSink]) -> Job:
     """The job without the inputs that `out.output` already holds successful records of. Under
-    torchrun rank 0 reads the file (the only rank that writes it) and tells the others."""
+    torchrun rank 0 reads the file (the only rank that writes it) and tells the others. Whole-run
+    files (an HTML sheet, COCO results) are rewritten at the end, so the kept records go into them first."""
     fmt = resolve_format(out.format, out.output)
     check_resumable(fmt, out.output)
+    if main_sinks and fmt != "jsonl":
+        raise UsageError("--resume with a whole-run file (--html, --coco) needs JSON lines output to rebuild it from",
+                         hint="write -o results.jsonl")
     done = None
     if context is None or context.is_main:
         done = prepare_resume(out.output or "", fmt, job.task.layout)
+        for record in (read_kept_records(out.output or "") if main_sinks else ()):
+            for sink in main_sinks:
+                sink.add(record)
     if context is not None:
         done = context.broadcast(done)
     items = [item for item in job.items if item.path not in done]

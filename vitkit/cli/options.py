@@ -101,6 +101,8 @@ def command(omit: tuple[str, ...] = ()) -> Callable[[Callable[..., int | None]],
         def run(**values: Any) -> None:
             for name, (group, fields) in packs.items():
                 values[name] = group(**{field: values.pop(field) for field in fields})
+                if callable(check := getattr(values[name], "check", None)):
+                    check()  # refusals that need no model come before it loads
             raise typer.Exit(body(**values) or 0)
 
         run.__signature__ = inspect.Signature([*arguments, *own, *shared])  # type: ignore[attr-defined]

@@ -59,6 +59,15 @@ def prepare_resume(output: str, fmt: str, layout: RecordLayout) -> Completed:
     return Completed(frozenset(done), as_cells=fmt == "csv")
 
 
+def read_kept_records(output: str) -> Iterator[dict]:
+    """The records `prepare_resume` kept in a JSON-lines output (all whole, all successful), in order."""
+    if not os.path.exists(output):
+        return
+    with output_errors(output), open(output, encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            yield json.loads(line)
+
+
 def _kept_jsonl(text: str, layout: RecordLayout, output: str) -> tuple[str, set[str]]:
     kept, done = [], set()
     for line in text.splitlines(keepends=True):
