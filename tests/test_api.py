@@ -61,6 +61,10 @@ def test_pil_images_are_inputs(tiny_timm_dir: Path, tmp_path: Path) -> None:
     assert [r.path for r in records] == ["<image 0>", str(png)]
     for record in records:
         assert record.to_dict() == {**from_file.to_dict(), "path": record.path}
+    sheet = tmp_path / "sheet.html"
+    list(vitkit.classify([Image.open(png).copy()], html=str(sheet), **one_at_a_time))
+    page = sheet.read_text()
+    assert "&lt;image 0&gt;" in page and page.count("data:image/jpeg;base64") == 1  # a thumbnail, not an error tile
 
 
 def test_embed_gives_unit_vectors(tiny_open_clip_dir: Path) -> None:

@@ -32,13 +32,14 @@ class Tile:
     # Detections drawn on the thumbnail: {label, class_id, score, box} with the box in the pixels of
     # the image as displayed (the record's width and height), as `detect` writes them.
     boxes: tuple[dict[str, Any], ...] = ()
+    source: str | None = None  # the file to make the thumbnail from, where it is not `path` (a library PIL input)
 
 
-def tile_for_record(record: dict[str, Any], describe: Any) -> Tile:
+def tile_for_record(record: dict[str, Any], describe: Any, source: str | None = None) -> Tile:
     """A record's tile: its error, or the layout's one-line description and any detections as boxes."""
     if "error" in record:
         return Tile(record["path"], (), record["error"])
-    return Tile(record["path"], (describe(record),), boxes=tuple(record.get("detections") or ()))
+    return Tile(record["path"], (describe(record),), boxes=tuple(record.get("detections") or ()), source=source)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _render_picture(tile: Tile, name: str, thumb_size: int) -> str:
     if tile.error is not None:
         return f'<div class="frame"><p class="error">{_text(tile.error)}</p></div>'
     try:
-        thumbnail = _make_thumbnail(tile.path, thumb_size, tile.boxes)
+        thumbnail = _make_thumbnail(tile.source or tile.path, thumb_size, tile.boxes)
     except InputError as exc:
         return f'<div class="frame"><p class="nopreview">no preview: {_text(exc.one_line())}</p></div>'
     except (OSError, ValueError) as exc:
