@@ -113,3 +113,21 @@ def test_import_and_help_do_not_import_torch() -> None:
              "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
+
+
+def test_index_and_search_use_a_loaded_model_as_it_is(photos: Path, tiny_open_clip_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model from vitkit.load_model keeps its device and precision: index and search never load it again."""
+    import vitkit.models.loading
+
+    loaded = vitkit.load_model(str(tiny_open_clip_dir), task="index", device="cpu", precision="fp32")
+
+    def no_second_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded again")
+
+    monkeypatch.setattr(vitkit.models.loading, "load_model", no_second_load)
+    index_dir = str(tmp_path / "idx")
+    counts = vitkit.index(str(photos), model=loaded, index_dir=index_dir)
+    assert counts.added == len(GOOD_SAMPLES)
+    hits = list(vitkit.search(image=str(photos / GOOD_SAMPLES[0]), model=loaded, index_dir=index_dir, top_k=1))
+    assert hits[0].path == str(photos / GOOD_SAMPLES[0]) and hits[0].score > 0.999

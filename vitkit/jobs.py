@@ -129,8 +129,9 @@ def _index_options(model: ModelOptions, batch: BatchOptions, index_dir: str | No
                    shard: str | None = None, compact: bool = False) -> "IndexOptions":
     from vitkit.retrieval.update import IndexOptions
 
+    loaded = None if model.model is None or isinstance(model.model, str) else model.model
     return IndexOptions(index_dir, model.reference, rebuild, wait, model.device, model.precision, model.offline,
-                        batch.run_options(), model.compile, shard, compact)
+                        batch.run_options(), model.compile, shard, compact, loaded)
 
 
 def run_index(folders: Sequence[str] | None, model: ModelOptions, batch: BatchOptions, *,

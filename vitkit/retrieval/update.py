@@ -23,6 +23,7 @@ from vitkit.runtime.sharding import apply_shard
 if TYPE_CHECKING:  # torch comes with these: a run with nothing to embed never imports them
     import numpy as np
 
+    from vitkit.models.loading import LoadedModel
     from vitkit.runtime.distributed import RankContext
     from vitkit.tasks.embed import EmbedTask
 
@@ -59,6 +60,7 @@ class IndexOptions:
     compile: bool = False
     shard: str | None = None  # "I/N": embed only that slice of the inputs
     compact: bool = False  # rewrite the vector file without dead vectors after updating
+    loaded: "LoadedModel | None" = None  # a model the library's caller loaded (vitkit.load_model): used as it is
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ def load_embed_task(spec: ModelSpec, options: IndexOptions) -> EmbedTask:
     from vitkit.models.registry import SEARCH
     from vitkit.tasks.embed import EmbedTask
 
+    if options.loaded is not None:  # its device, precision and compilation are the caller's
+        return EmbedTask(options.loaded)
     return EmbedTask(load_model(spec, SEARCH, options.device, options.precision, options.offline,
                                 compile=options.compile))
 
