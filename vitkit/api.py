@@ -8,7 +8,8 @@ Inputs are paths, folders (recursive), globs, PIL images or a list of them. The 
 function is called (a bad reference or option raises a `VitkitError` then); records come lazily, one
 per input in input order. A file that cannot be used yields its `{path, error}` record in its own
 place: no function raises for one bad file. Every function also takes the options shared by all
-commands (`Options` below), with the command line's defaults.
+commands (`Options` below), with the command line's defaults. Error messages name an option as the
+command line spells it (`--top-k` for `top_k=`), so one message serves both.
 """
 
 from __future__ import annotations
