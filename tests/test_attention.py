@@ -294,3 +294,23 @@ def test_option_errors(tiny_supervised_vit_dir: Path, options, message) -> None:
 
     with pytest.raises(UsageError, match=message):
         list(vitkit.attention(str(SAMPLE_DATA / "chelsea.jpg"), model=str(tiny_supervised_vit_dir), **options))
+
+
+def test_thin_and_one_pixel_images(tiny_dino_reg_dir: Path, tmp_path: Path) -> None:
+    import vitkit
+
+    paths = []
+    for size in ((1, 5000), (5000, 1), (1, 1)):
+        paths.append(tmp_path / f"{size[0]}x{size[1]}.png")
+        Image.new("RGB", size, (200, 40, 90)).save(paths[-1])
+    records = list(vitkit.attention([str(p) for p in paths], model=str(tiny_dino_reg_dir), out_dir=str(tmp_path / "out"),
+                                    keep_mass=0.6, quiet=True))
+    for record, path in zip(records, paths):
+        assert "error" not in record.to_dict()
+        assert Image.open(record.output).size == Image.open(path).size == (record.width, record.height)
+        assert 0 <= record.mask_area <= record.width * record.height and math.isfinite(record.entropy)
+        if record.mask_area:
+            x0, y0, x1, y1 = record.mask_box
+            assert 0 <= x0 < x1 <= record.width and 0 <= y0 < y1 <= record.height
+        else:
+            assert record.mask_box is None
