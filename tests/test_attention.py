@@ -319,3 +319,18 @@ def test_thin_and_one_pixel_images(tiny_dino_reg_dir: Path, tmp_path: Path) -> N
             assert 0 <= x0 < x1 <= record.width and 0 <= y0 < y1 <= record.height
         else:
             assert record.mask_box is None
+
+
+@pytest.mark.parametrize("name, message", [("eva02_tiny_patch14_224", "EvaAttention"),
+                                           ("vit_medium_patch16_gap_256", "no class token")])
+def test_vits_whose_attention_cannot_be_read_are_refused(name: str, message: str) -> None:
+    import timm
+
+    from vitkit.errors import ModelTaskMismatchError
+    from vitkit.models.backends.timm_attention import vit_layout
+
+    model = timm.create_model(name, pretrained=False, depth=1, embed_dim=32, num_heads=2)
+    with pytest.raises(ModelTaskMismatchError, match=message):
+        vit_layout(model, name)
+    distilled = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, depth=1)
+    assert vit_layout(distilled, "deit").num_prefix_tokens == 2  # class and distillation tokens

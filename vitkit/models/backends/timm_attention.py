@@ -38,9 +38,13 @@ def vit_layout(module: Any, model_id: str) -> VitLayout:
     blocks = getattr(module, "blocks", None)
     attentions = tuple(getattr(block, "attn", None) for block in blocks) if blocks is not None else ()
     kind = type(module).__name__
-    if not attentions or not all(isinstance(a, Attention) and a.qkv is not None for a in attentions):
+    if not attentions or any(a is None for a in attentions):
         raise ModelTaskMismatchError(f"model {model_id!r} ({kind}) is not a vision transformer with "
                                      "self-attention blocks", hint=_HINT)
+    if other := {type(a).__name__ for a in attentions if not isinstance(a, Attention)}:
+        # rotary (EVA) or windowed attention: the plain q.k of timm's Attention is not what those blocks use
+        raise ModelTaskMismatchError(f"model {model_id!r} ({kind}) uses {', '.join(sorted(other))}, not timm's "
+                                     "standard Attention, whose weights vitkit reads", hint=_HINT)
     if getattr(module, "cls_token", None) is None:
         raise ModelTaskMismatchError(f"model {model_id!r} ({kind}) has no class token to take attention from",
                                      hint=_HINT)
