@@ -103,6 +103,17 @@ def inpaint(inputs: Source | Sequence[Source] | None = None, *, out_dir: str | N
                     mask=mask, box=box, grid=grid)
 
 
+def attention(inputs: Source | Sequence[Source] | None = None, *, out_dir: str | None = None, alpha: float = 0.6,
+              heads: bool = False, keep_mass: float | None = None, rollout: bool = False, html: str | None = None,
+              **options: Unpack[Options]) -> Iterator[Record]:
+    """The class token's self-attention in a timm ViT's last block (default model dino-s16), or its
+    `rollout` through every block: `record.entropy` (nats); heat-map overlays in `out_dir`
+    (`record.output`, `record.heads` with `heads`); with `keep_mass`, the DINO mask's `record.mask_area`
+    (pixels) and `record.mask_box` (original pixels)."""
+    return _records(jobs.plan_attention, inputs, dict(options), out_dir=out_dir, alpha=alpha, heads=heads,
+                    keep_mass=keep_mass, rollout=rollout, html=html)
+
+
 def caption(inputs: Source | Sequence[Source] | None = None, *, max_length: int | None = None,
             beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
             on_exists: str | None = None, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
@@ -161,7 +172,7 @@ def dedup(folders: str | Sequence[str] | None = None, *, threshold: float | None
 def load_model(ref: str | None = None, *, task: str, device: str = "auto", precision: str = "auto",
                offline: bool = False, compile: bool = False) -> "LoadedModel":
     """Resolve a model reference (None: the command's default) and load it for a command (`task`:
-    classify, label, embed, detect, segment, inpaint, caption, index or search); pass it on as `model=`."""
+    classify, label, embed, detect, segment, inpaint, caption, attention, index or search); pass it on as `model=`."""
     from vitkit.models.spec import CAPABILITY_OF_COMMAND
 
     if task not in CAPABILITY_OF_COMMAND:

@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Sequence
 
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
-from vitkit.models.registry import CAPTION, CLASSIFY, DETECT, EMBED, INPAINT, LABEL, SEGMENT
+from vitkit.models.registry import ATTENTION, CAPTION, CLASSIFY, DETECT, EMBED, INPAINT, LABEL, SEGMENT
 from vitkit.pipeline import BatchOptions, InputOptions, Job, Listing, ModelOptions, collect_inputs, make_job
 from vitkit.runtime.report import Reporter
 
@@ -97,6 +97,17 @@ def plan_inpaint(inputs: InputOptions, model: ModelOptions, batch: BatchOptions,
     found = collect_inputs(inputs)
     task = InpaintTask(model.load(INPAINT), options, found.paths)
     return make_job(task, found, batch.run_options(default_batch_size=8))
+
+
+def plan_attention(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, out_dir: str | None = None,
+                   alpha: float = 0.6, heads: bool = False, keep_mass: float | None = None, rollout: bool = False,
+                   html: str | None = None) -> Job:
+    from vitkit.tasks.attention import AttentionOptions, AttentionTask
+
+    options = AttentionOptions(out_dir, alpha, heads, keep_mass, rollout, batch.max_pixels)
+    found = collect_inputs(inputs)
+    task = AttentionTask(model.load(ATTENTION), options, found.paths)
+    return make_job(task, found, batch.run_options(), html=html)
 
 
 def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, max_length: int | None = None,

@@ -118,6 +118,7 @@ def _root(version: Annotated[Optional[bool], typer.Option(
 
 def _register() -> None:
     from vitkit.cli import evaluate, models
+    from vitkit.cli.attention import attention
     from vitkit.cli.bench import bench
     from vitkit.cli.caption import caption
     from vitkit.cli.classify import classify
@@ -130,6 +131,7 @@ def _register() -> None:
     from vitkit.cli.segment import segment
 
     app.command("classify", no_args_is_help=True)(classify)
+    app.command("attention", no_args_is_help=True)(attention)
     app.command("bench")(bench)
     app.command("caption", no_args_is_help=True)(caption)
     app.command("dedup", no_args_is_help=True)(dedup)
