@@ -59,7 +59,7 @@ CATALOGUE: dict[str, ModelSpec] = {
                "ViT-L/16, ImageNet-21k pretrain, ImageNet-1k fine-tune (85.8% top-1)", 304.3),
         _alias("deit3-b16", TIMM, "hf-hub:timm/deit3_base_patch16_224.fb_in22k_ft_in1k", _C,
                "DeiT III B/16, ImageNet-22k pretrain, ImageNet-1k fine-tune (85.7% top-1)", 86.6),
-        _alias("eva02-b", TIMM, "hf-hub:timm/eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", _C,
+        _alias("eva02-b", TIMM, "hf-hub:timm/eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", _C - {ATTENTION},
                "EVA-02 B/14 at 448 px, MIM + ImageNet-22k, ImageNet-1k fine-tune (88.7% top-1)", 87.1),
         _alias("dino-s16", TIMM, "hf-hub:timm/vit_small_patch16_224.dino", _SELF_SUPERVISED,
                "DINO ViT-S/16, self-supervised on ImageNet-1k (77.0% linear, 74.5% k-NN top-1)", 21.7),
