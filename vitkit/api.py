@@ -75,11 +75,14 @@ def embed(inputs: Source | Sequence[Source] | None = None, **options: Unpack[Opt
 
 def detect(inputs: Source | Sequence[Source] | None = None, *, threshold: float = 0.7,
            classes: str | Sequence[str] | None = None, max_detections: int | None = None, out_dir: str | None = None,
-           coco: str | None = None, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+           coco: str | None = None, masks: bool = False, mask_model: "str | LoadedModel | None" = None,
+           html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
     """Objects per image (default model detr-r50): `record.detections[i].label, .score, .box` (x0, y0,
-    x1, y1 in original-image pixels); annotated images in `out_dir`, a COCO results file at `coco`."""
+    x1, y1 in original-image pixels); annotated images in `out_dir`, a COCO results file at `coco`.
+    `masks`: each detection's box segmented by SAM (`mask_model`, default sam-b), `.mask` a COCO RLE."""
     return _records(jobs.plan_detect, inputs, dict(options), threshold=threshold, classes=classes,
-                    max_detections=max_detections, out_dir=out_dir, coco=coco, html=html)
+                    max_detections=max_detections, out_dir=out_dir, coco=coco, masks=masks,
+                    mask_model=mask_model, html=html)
 
 
 def segment(inputs: Source | Sequence[Source] | None = None, *, mode: str = "semantic",

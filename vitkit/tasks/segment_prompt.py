@@ -19,7 +19,8 @@ from vitkit.errors import InputError, UsageError
 from vitkit.inputs.data import ImageMeta, Sample
 from vitkit.models.backends.hf import HfAssets
 from vitkit.models.backends.sam import (DecodedMasks, SamImageInputs, best_masks, decode_prompts, full_size_masks,
-                                        image_embeddings, is_sam_model, mask_post_processor, scale_coordinates)
+                                        image_embeddings, is_sam_model, mask_post_processor, sam_draft_size,
+                                        scale_coordinates)
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.files import OutputPlanner
 from vitkit.tasks.base import TaskResult
@@ -131,7 +132,7 @@ class PromptSegmentTask(SegmentTask):
         self.id2label: dict[int, str] = {}
         self.preprocess = PromptPreprocess(SamImageInputs(self.image_processor), prompt)
         self.collate_inputs = None  # equal shapes: torch's default stacking
-        self.draft_size = _longest_edge(self.image_processor)
+        self.draft_size = sam_draft_size(self.image_processor)
         self.planner = OutputPlanner(options.out_dir, inputs) if options.out_dir else None
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[DecodedMasks, torch.Tensor]:
@@ -165,14 +166,6 @@ def _label_map(masks: torch.Tensor, scores: torch.Tensor, chosen: torch.Tensor) 
         label_map[masks[k].numpy()] = k + 1
     labels = {k + 1: (f"mask {int(chosen[k])}", float(scores[k])) for k in range(masks.shape[0])}
     return Segmentation(label_map, labels, 0, masks.shape[0])
-
-
-def _longest_edge(image_processor: Any) -> int | None:
-    """A draft decode may shrink a JPEG as long as its short side keeps this many pixels (the model input's
-    long side: at least as many as the model sees in any direction)."""
-    size = getattr(image_processor, "size", None) or {}
-    edge = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
-    return int(edge) if edge else None
 
 
 __all__ = ["PromptSegmentTask", "SamPrompt", "Point", "build_prompt", "parse_box", "parse_point"]

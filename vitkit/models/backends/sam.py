@@ -36,6 +36,14 @@ def mask_post_processor(processor: Any) -> Any:
     raise TypeError(f"{type(processor).__name__} has no post_process_masks")
 
 
+def sam_draft_size(image_processor: Any) -> int | None:
+    """A draft decode may shrink a JPEG as long as its short side keeps this many pixels (the model input's
+    long side: at least as many as the model sees in any direction)."""
+    size = getattr(image_processor, "size", None) or {}
+    edge = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    return int(edge) if edge else None
+
+
 @dataclass(frozen=True)
 class SamImageInputs:
     """Runs in dataloader workers: the processor resizes the long side, normalises and pads one image."""
