@@ -204,10 +204,11 @@ def test_catalogue_and_folder_recognition(tiny_sam_dir: Path) -> None:
 def test_detect_masks_equal_sam_on_each_box(tiny_sam_dir: Path, tiny_detr_dir: Path, images: Path,
                                             tmp_path: Path) -> None:
     names = ["chelsea.jpg", "rotated.jpg"]
-    result = run_vitkit("detect", *[str(images / n) for n in names], "--model", str(tiny_detr_dir), "--threshold",
-                        "0.3", "--masks", "--mask-model", str(tiny_sam_dir), "--no-draft", "--coco",
-                        str(tmp_path / "coco.json"), "--out-dir", str(tmp_path / "out"), "-f", "jsonl")
-    assert result.returncode == 0, result.stderr
+    result = runner.invoke(app, ["detect", *[str(images / n) for n in names], "--model", str(tiny_detr_dir),
+                                 "--threshold", "0.3", "--masks", "--mask-model", str(tiny_sam_dir), "--no-draft",
+                                 "--coco", str(tmp_path / "coco.json"), "--out-dir", str(tmp_path / "out"),
+                                 "-f", "jsonl"])
+    assert result.exit_code == 0, result.stderr
     records = parse_jsonl(result.stdout)
     assert sum(len(r["detections"]) for r in records) >= 2
     for name, record in zip(names, records):
