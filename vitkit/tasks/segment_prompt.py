@@ -24,7 +24,7 @@ from vitkit.models.backends.sam import (DecodedMasks, SamImageInputs, best_masks
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.files import OutputPlanner
 from vitkit.tasks.base import TaskResult
-from vitkit.tasks.segment import SEGMENT_LAYOUT, Segmentation, SegmentOptions, SegmentTask
+from vitkit.tasks.segment import Segmentation, SegmentOptions, SegmentTask
 
 FOREGROUND, BACKGROUND = 1, 0
 
@@ -115,10 +115,9 @@ class PromptPreprocess:
 
 
 class PromptSegmentTask(SegmentTask):
-    """SegmentTask's records and files (`_fields`, `_files`) for SAM masks: id 0 is no segment, the
-    mask(s) are numbered from 1, `score` is SAM's predicted IoU and `label` names the multimask output."""
-
-    layout = SEGMENT_LAYOUT
+    """SegmentTask's records and files (`_fields`, `_files`, its layout) for SAM masks: id 0 is no segment,
+    the mask(s) are numbered from 1, `score` is SAM's predicted IoU and `label` names the multimask output.
+    SegmentTask's own __init__ is not run: it looks for a segmentation head and post-processing SAM lacks."""
 
     def __init__(self, model: LoadedModel, options: SegmentOptions, prompt: SamPrompt, all_masks: bool = False,
                  inputs: Sequence[str] = ()) -> None:
