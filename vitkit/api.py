@@ -76,21 +76,27 @@ def embed(inputs: Source | Sequence[Source] | None = None, **options: Unpack[Opt
 
 def detect(inputs: Source | Sequence[Source] | None = None, *, threshold: float = 0.7,
            classes: str | Sequence[str] | None = None, max_detections: int | None = None, out_dir: str | None = None,
-           coco: str | None = None, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+           coco: str | None = None, masks: bool = False, mask_model: "str | LoadedModel | None" = None,
+           html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
     """Objects per image (default model detr-r50): `record.detections[i].label, .score, .box` (x0, y0,
-    x1, y1 in original-image pixels); annotated images in `out_dir`, a COCO results file at `coco`."""
+    x1, y1 in original-image pixels); annotated images in `out_dir`, a COCO results file at `coco`.
+    `masks`: each detection's box segmented by SAM (`mask_model`, default sam-b), `.mask` a COCO RLE."""
     return _records(jobs.plan_detect, inputs, dict(options), threshold=threshold, classes=classes,
-                    max_detections=max_detections, out_dir=out_dir, coco=coco, html=html)
+                    max_detections=max_detections, out_dir=out_dir, coco=coco, masks=masks,
+                    mask_model=mask_model, html=html)
 
 
 def segment(inputs: Source | Sequence[Source] | None = None, *, mode: str = "semantic",
             prompt: str | Sequence[str] | None = None, out_dir: str | None = None, alpha: float = 0.5,
-            instances: bool = False, min_area: int = 0, html: str | None = None,
+            instances: bool = False, min_area: int = 0, point: str | Sequence[str] | None = None,
+            box: str | Sequence[float] | None = None, all_masks: bool = False, html: str | None = None,
             **options: Unpack[Options]) -> Iterator[Record]:
-    """Segments per image (`mode` semantic, panoptic, or text with `prompt`): `record.segments[i].label,
-    .area, .box`; `record.mask` and `record.overlay` name the PNGs written to `out_dir`."""
+    """Segments per image (`mode` semantic, panoptic, text with `prompt`, or prompt with `point` "X,Y[,LABEL]"
+    and/or `box` in image pixels, Segment Anything): `record.segments[i].label, .score, .area, .box`;
+    `record.mask` and `record.overlay` name the PNGs written to `out_dir`."""
     return _records(jobs.plan_segment, inputs, dict(options), mode=mode, prompt=prompt, out_dir=out_dir,
-                    alpha=alpha, instances=instances, min_area=min_area, html=html)
+                    alpha=alpha, instances=instances, min_area=min_area, point=point, box=box,
+                    all_masks=all_masks, html=html)
 
 
 def inpaint(inputs: Source | Sequence[Source] | None = None, *, out_dir: str | None = None,

@@ -16,6 +16,7 @@ from vitkit.pipeline import BatchOptions, InputOptions, Job, Listing, ModelOptio
 from vitkit.runtime.report import Reporter
 
 if TYPE_CHECKING:
+    from vitkit.models.loading import LoadedModel
     from vitkit.retrieval.update import IndexOptions
 
 def check_threshold(value: float | None, probability: bool) -> None:
@@ -60,30 +61,47 @@ def plan_embed(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *
 
 def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, threshold: float = 0.7,
                 classes: str | Sequence[str] | None = None, max_detections: int | None = None,
-                out_dir: str | None = None, coco: str | None = None, html: str | None = None) -> Job:
+                out_dir: str | None = None, coco: str | None = None, masks: bool = False,
+                mask_model: "str | LoadedModel | None" = None, html: str | None = None) -> Job:
     from vitkit.evaluation.coco import CocoResultsSink
+    from vitkit.models.registry import DEFAULT_SEGMENT_MODELS
     from vitkit.tasks.detect import DetectOptions, DetectTask
 
     check_threshold(threshold, probability=True)
     listed = classes.split(",") if isinstance(classes, str) else classes or ()
     options = DetectOptions(threshold, tuple(c.strip() for c in listed if c.strip()), max_detections, out_dir,
                             batch.max_pixels)
+    if mask_model is not None and not masks:
+        raise UsageError("--mask-model only applies with --masks", hint="add --masks")
     found = collect_inputs(inputs)
-    task = DetectTask(model.load(DETECT), options, found.paths)
+    sam = replace(model, model=mask_model).load(SEGMENT, DEFAULT_SEGMENT_MODELS["prompt"]) if masks else None
+    task = DetectTask(model.load(DETECT), options, found.paths, sam)
     sinks = [CocoResultsSink(coco, task.id2label)] if coco else []
     return make_job(task, found, batch.run_options(default_batch_size=4), sinks, html)
 
 
 def plan_segment(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, mode: str = "semantic",
                  prompt: Sequence[str] | str | None = None, out_dir: str | None = None, alpha: float = 0.5,
-                 instances: bool = False, min_area: int = 0, html: str | None = None) -> Job:
+                 instances: bool = False, min_area: int = 0, point: Sequence[str] | str | None = None,
+                 box: str | Sequence[float] | None = None, all_masks: bool = False, html: str | None = None) -> Job:
     from vitkit.models.registry import DEFAULT_SEGMENT_MODELS
-    from vitkit.tasks.segment import SegmentOptions, SegmentTask
+    from vitkit.tasks.segment import PROMPT, SegmentOptions, SegmentTask
 
     prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
     options = SegmentOptions(mode, prompts, out_dir, alpha, instances, min_area, batch.max_pixels)
-    found = collect_inputs(inputs)
-    task = SegmentTask(model.load(SEGMENT, DEFAULT_SEGMENT_MODELS.get(mode)), options, found.paths)
+    points = (point,) if isinstance(point, str) else tuple(point or ())
+    if mode != PROMPT and (points or box is not None or all_masks):
+        raise UsageError("--point, --box and --all-masks only apply to --mode prompt", hint="add --mode prompt")
+    if mode == PROMPT:
+        from vitkit.tasks.segment_prompt import PromptSegmentTask, build_prompt
+
+        sam_prompt = build_prompt(points, box)  # checked before any model loads
+        found = collect_inputs(inputs)
+        loaded = model.load(SEGMENT, DEFAULT_SEGMENT_MODELS[PROMPT])
+        task: SegmentTask = PromptSegmentTask(loaded, options, sam_prompt, all_masks, found.paths)
+    else:
+        found = collect_inputs(inputs)
+        task = SegmentTask(model.load(SEGMENT, DEFAULT_SEGMENT_MODELS.get(mode)), options, found.paths)
     return make_job(task, found, batch.run_options(default_batch_size=4), html=html)
 
 

@@ -14,17 +14,22 @@ Threshold = threshold_option("Minimum detection score (0 to 1).")
 Classes = Annotated[Optional[str], typer.Option("--classes", help="Keep only these labels, comma-separated (e.g. 'person,dog').")]
 MaxDetections = Annotated[Optional[int], typer.Option("--max-detections", min=1, help="Keep at most N boxes per image.")]
 OutDir = Annotated[Optional[str], typer.Option("--out-dir", metavar="DIR", help="Write annotated images here, mirroring the input tree.")]
+Masks = Annotated[bool, typer.Option(
+    "--masks", help="Segment every detected box with Segment Anything: each detection gets a `mask` (COCO RLE), "
+                    "--coco a segmentation, --out-dir images the masks.")]
+MaskModel = Annotated[Optional[str], typer.Option(
+    "--mask-model", metavar="MODEL", help="The SAM checkpoint for --masks (default: sam-b).")]
 Coco = Annotated[Optional[str], typer.Option("--coco", metavar="FILE", help="Also write a COCO-format JSON (images, categories, scored annotations).")]
 
 
 @command()
 def detect(inputs: InputOptions, threshold: Threshold = 0.7, classes: Classes = None,
-           max_detections: MaxDetections = None, out_dir: OutDir = None, coco: Coco = None, *,
-           model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
+           max_detections: MaxDetections = None, out_dir: OutDir = None, coco: Coco = None, masks: Masks = False,
+           mask_model: MaskModel = None, *, model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
     """Detect objects with DETR (default: detr-r50, COCO classes); boxes in original-image pixels.
 
     Example: vitkit detect photos/ --classes person,dog --out-dir annotated/ --coco detections.json
     """
     job = plan_detect(inputs, model, batch, threshold=threshold, classes=classes, max_detections=max_detections,
-                      out_dir=out_dir, coco=coco, html=out.html)
+                      out_dir=out_dir, coco=coco, masks=masks, mask_model=mask_model, html=out.html)
     return execute(job, out)

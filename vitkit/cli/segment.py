@@ -10,9 +10,10 @@ from vitkit.cli.options import command
 from vitkit.jobs import plan_segment
 from vitkit.pipeline import BatchOptions, InputOptions, ModelOptions, OutputOptions, execute
 
-Mode = Annotated[Literal["semantic", "panoptic", "text"], typer.Option(
+Mode = Annotated[Literal["semantic", "panoptic", "text", "prompt"], typer.Option(
     "--mode", help="semantic: a class for every pixel (SegFormer); panoptic: numbered object and stuff segments "
-                   "(Mask2Former, DETR); text: one mask per --prompt (CLIPSeg).")]
+                   "(Mask2Former, DETR); text: one mask per --prompt (CLIPSeg); prompt: Segment Anything's mask "
+                   "for --point/--box (sam-b).")]
 Prompt = Annotated[Optional[list[str]], typer.Option(
     "--prompt", "-p", metavar="TEXT",
     help="Text mode: what to find; repeat for several (--prompt 'a dog' --prompt grass).", show_default=False)]
@@ -23,18 +24,29 @@ OutDir = Annotated[Optional[str], typer.Option(
 Alpha = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Opacity of the segment colours in overlays.")]
 Instances = Annotated[bool, typer.Option(
     "--instances", help="Semantic mode: split each class into connected regions, each its own segment id.")]
+Point = Annotated[Optional[list[str]], typer.Option(
+    "--point", metavar="X,Y[,LABEL]",
+    help="Prompt mode: a point in image pixels, label 1 foreground (default) or 0 background; repeat for several. "
+         "All points and the --box make one prompt, one mask.", show_default=False)]
+Box = Annotated[Optional[str], typer.Option(
+    "--box", metavar="X0,Y0,X1,Y1", help="Prompt mode: a box in image pixels (with the points, one prompt).")]
+AllMasks = Annotated[bool, typer.Option(
+    "--all-masks", help="Prompt mode: keep all of SAM's multimask outputs, not only the best by predicted IoU.")]
 MinArea = Annotated[int, typer.Option(
     "--min-area", min=0, metavar="N", help="Drop segments smaller than N pixels (0 keeps all).")]
 
 
 @command()
 def segment(inputs: InputOptions, mode: Mode = "semantic", prompt: Prompt = None, out_dir: OutDir = None,
-            alpha: Alpha = 0.5, instances: Instances = False, min_area: MinArea = 0, *, model: ModelOptions,
-            batch: BatchOptions, out: OutputOptions) -> int:
-    """Segment images (default: segformer-b0 semantic, mask2former-swin-t panoptic, clipseg text); masks at full size.
+            alpha: Alpha = 0.5, instances: Instances = False, min_area: MinArea = 0, point: Point = None,
+            box: Box = None, all_masks: AllMasks = False, *, model: ModelOptions, batch: BatchOptions,
+            out: OutputOptions) -> int:
+    """Segment images (default: segformer-b0 semantic, mask2former-swin-t panoptic, clipseg text, sam-b prompt);
+    masks at full size.
 
     Example: vitkit segment photos/ --mode text --prompt 'a dog' --prompt grass --out-dir masks/
     """
     job = plan_segment(inputs, model, batch, mode=mode, prompt=prompt, out_dir=out_dir, alpha=alpha,
-                       instances=instances, min_area=min_area, html=out.html)
+                       instances=instances, min_area=min_area, point=point, box=box, all_masks=all_masks,
+                       html=out.html)
     return execute(job, out)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from vitkit.outputs.rle import mask_area
 from vitkit.outputs.writers import open_output
 
 
@@ -26,11 +27,14 @@ class CocoResultsSink:
                             "height": record["height"]})
         for detection in record.get("detections", []):
             x0, y0, x1, y1 = detection["box"]
-            self.annotations.append({
+            annotation = {
                 "id": len(self.annotations) + 1, "image_id": image_id, "category_id": detection["class_id"],
                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
                 "score": detection["score"],
-            })
+            }
+            if "mask" in detection:  # detect --masks: COCO compressed RLE, its area the mask's pixels
+                annotation.update(segmentation=detection["mask"], area=mask_area(detection["mask"]))
+            self.annotations.append(annotation)
 
     def close(self) -> None:
         document = {"info": {"description": "vitkit detect"}, "images": self.images,

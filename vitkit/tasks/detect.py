@@ -13,11 +13,13 @@ from vitkit.models.backends.hf import HfAssets, PadWithProcessor, ProcessorPrepr
 from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.inputs.decode import DEFAULT_MAX_PIXELS
 from vitkit.errors import UsageError
+from vitkit.models.backends.sam import sam_draft_size
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.artifacts import Artifacts, ImageFile
 from vitkit.outputs.files import OutputPlanner
 from vitkit.outputs.records import RecordLayout, explode_rows
 from vitkit.tasks.base import TaskResult
+from vitkit.tasks.detect_masks import BoxMasker, CollateWithSam, MaskedDetections, WithSamInputs
 
 # libjpeg's largest side; an annotated image longer than this is written as PNG.
 JPEG_MAX_SIDE = 65_500
@@ -49,7 +51,8 @@ class DetectOptions:
 class DetectTask:
     layout = DETECT_LAYOUT
 
-    def __init__(self, model: LoadedModel, options: DetectOptions = DetectOptions(), inputs: Sequence[str] = ()) -> None:
+    def __init__(self, model: LoadedModel, options: DetectOptions = DetectOptions(), inputs: Sequence[str] = (),
+                 mask_model: LoadedModel | None = None) -> None:
         if not isinstance(model.assets, HfAssets) or not hasattr(model.assets.processor, "post_process_object_detection"):
             raise UsageError(f"model {model.spec.id!r} is not an object detector with a DETR-style processor")
         self.model = model
@@ -64,17 +67,40 @@ class DetectTask:
         self.collate_inputs = PadWithProcessor(self.processor)
         self.draft_size = processor_short_side(self.processor)
         self.planner = OutputPlanner(options.out_dir, inputs) if options.out_dir else None
+        self.masker = BoxMasker(mask_model) if mask_model is not None else None
+        if self.masker is not None:
+            self.preprocess = WithSamInputs(self.preprocess, self.masker.image_inputs)
+            self.collate_inputs = CollateWithSam(self.collate_inputs)
+            sam_draft = sam_draft_size(mask_model.assets.image_processor)
+            self.draft_size = max(self.draft_size, sam_draft) if self.draft_size and sam_draft else None
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
-        return self.model.module(**inputs)
+    def forward(self, inputs: dict[str, Any]) -> Any:
+        if self.masker is None:
+            return self.model.module(**inputs)
+        # Masks need the kept boxes: the detector's post-processing runs here, before SAM's decoder.
+        sizes = [tuple(size) for size in inputs["target_size"].tolist()]
+        found = self._found(self.model.module(**inputs["detector"]), sizes)
+        return self.masker.low_res_masks(inputs["sam"], found, sizes)
 
-    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[TaskResult]:
+    def _found(self, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[list[dict[str, Any]]]:
+        """Per image, the detections its record keeps; `sizes` are the displayed images' (H, W)."""
         outputs.logits, outputs.pred_boxes = outputs.logits.float().cpu(), outputs.pred_boxes.float().cpu()
         results = self.processor.post_process_object_detection(
-            outputs, threshold=self.options.threshold, target_sizes=[(s.height, s.width) for s in samples])
+            outputs, threshold=self.options.threshold, target_sizes=list(sizes))
+        return [self._detections(result, width, height) for result, (height, width) in zip(results, sizes)]
+
+    def postprocess(self, outputs: Any, samples: Sequence[Sample]) -> list[TaskResult]:
+        sizes = [(s.height or 0, s.width or 0) for s in samples]
+        if isinstance(outputs, MaskedDetections):
+            found = outputs.found
+            for index, detections in enumerate(found):
+                self.masker.attach_masks(detections, outputs.low_res[index], sizes[index],  # type: ignore[union-attr]
+                                         outputs.reshaped[index].tolist())
+        else:
+            found = self._found(outputs, sizes)
         records: list[TaskResult] = []
-        for sample, result in zip(samples, results):
-            fields = {"detections": self._detections(result, sample.width or 0, sample.height or 0)}
+        for sample, detections in zip(samples, found):
+            fields = {"detections": detections}
             if self.planner:
                 records.append(Artifacts(fields, functools.partial(
                     annotated_image, self.planner, sample.path, fields["detections"], self.options.max_pixels)))

@@ -16,6 +16,7 @@ from vitkit.models.backends.hf import HfAssets, PadWithProcessor, ProcessorPrepr
 from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.inputs.decode import DEFAULT_MAX_PIXELS, DecodeOptions, decode_image
 from vitkit.errors import UsageError
+from vitkit.models.backends.sam import is_sam_model
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.artifacts import Artifacts, ImageFile
 from vitkit.outputs.files import OutputPlanner
@@ -25,8 +26,8 @@ from vitkit.tasks.base import TaskResult
 from vitkit.tasks.segment_postprocess import panoptic_map, semantic_map
 from vitkit.tasks.segment_upsample import upsampled_argmax
 
-SEMANTIC, PANOPTIC, TEXT = "semantic", "panoptic", "text"
-MODES = (SEMANTIC, PANOPTIC, TEXT)
+SEMANTIC, PANOPTIC, TEXT, PROMPT = "semantic", "panoptic", "text", "prompt"
+MODES = (SEMANTIC, PANOPTIC, TEXT, PROMPT)
 TEXT_THRESHOLD = 0.5  # CLIPSeg: a pixel shows a prompt where sigmoid(logit) > 0.5
 _POST_PROCESS = {SEMANTIC: "post_process_semantic_segmentation", PANOPTIC: "post_process_panoptic_segmentation"}
 from vitkit.models.backends.hf import SEGMENTATION_HEADS as _SEGMENTATION_HEADS  # noqa: E402 - the one head list
@@ -225,6 +226,8 @@ def _supported_modes(model: LoadedModel, processor: Any) -> list[str]:
     module = model.module
     if not type(module).__name__.endswith(_SEGMENTATION_HEADS):
         return []
+    if is_sam_model(module):
+        return [PROMPT]
     if hasattr(module, "get_conditional_embeddings"):  # prompt-conditioned (CLIPSeg)
         return [TEXT] if getattr(processor, "tokenizer", None) is not None else []
     image_processor = getattr(processor, "image_processor", processor)

@@ -32,6 +32,7 @@ HEAD_CAPABILITIES = (
     ("ForUniversalSegmentation", SEGMENT),
     ("ForImageSegmentation", SEGMENT),
     ("ForSegmentation", SEGMENT),
+    ("SamModel", SEGMENT),  # Segment Anything: no head suffix; promptable masks (vitkit/models/backends/sam.py)
     ("MAEForPreTraining", INPAINT),
     ("ForImageClassification", CLASSIFY),
 )
