@@ -180,10 +180,15 @@ def test_cli_parquet_on_sample_photos(tiny_open_clip_dir: Path, tmp_path: Path) 
     (("-o", "emb.txt"), "embed writes .npy"),
     (("-o", "emb.npy", "--resume"), "cannot --resume"),
 ])
-def test_cli_refuses_what_it_cannot_write(tiny_timm_dir: Path, tmp_path: Path, args: tuple[str, ...],
-                                         message: str) -> None:
-    result = run_vitkit("embed", str(SAMPLE_DATA / "rocket.jpg"), "--model", str(tiny_timm_dir), *args, cwd=tmp_path)
-    assert result.returncode == 2 and message in result.stderr and result.stdout == ""
+def test_cli_refuses_what_it_cannot_write(tiny_timm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         args: tuple[str, ...], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from vitkit.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["embed", str(SAMPLE_DATA / "rocket.jpg"), "--model", str(tiny_timm_dir), *args])
+    assert result.exit_code == 2 and message in result.stderr and result.stdout == ""
     assert os.listdir(tmp_path) == []
 
 
@@ -203,15 +208,25 @@ def test_a_model_that_cannot_embed_is_refused(tiny_transformers_classifier_dir: 
 
 def test_torchrun_gathers_every_ranks_rows_in_input_order(tiny_timm_dir: Path, inputs: list[Path],
                                                           tmp_path: Path) -> None:
-    args = ("embed", *map(str, inputs), "--model", str(tiny_timm_dir), "-b", "1", "--workers", "0", "-f", "jsonl")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "vitkit", *args, "-o", str(tmp_path / "one.npy")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    target = tmp_path / "emb.npy"
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                               "-m", "vitkit", *args, "-o", str(tmp_path / "two.npy")],
-                              capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == launched.returncode == 1, launched.stderr
-    assert parse_jsonl(launched.stdout) == parse_jsonl(single.stdout)
-    (one, one_lines), (two, two_lines) = read_npy_pair(tmp_path / "one.npy"), read_npy_pair(tmp_path / "two.npy")
-    assert np.array_equal(one, two) and one_lines == two_lines and len(one_lines) == 3
-    assert json.loads((tmp_path / "two.jsonl").read_text().splitlines()[-1])["path"] == str(inputs[-1])
+                               "-m", "vitkit", "embed", *map(str, inputs), "-o", str(target), "--model",
+                               str(tiny_timm_dir), "-b", "1", "--workers", "0", "--no-draft", "-f", "jsonl"],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert launched.returncode == 1, launched.stderr
+    single = list(vitkit.embed(list(map(str, inputs)), model=str(tiny_timm_dir), **ONE_AT_A_TIME))
+    records = parse_jsonl(launched.stdout)
+    assert [r["path"] for r in records] == list(map(str, inputs)) and [r.get("row") for r in records] == [0, None, 1, 2]
+    matrix, lines = read_npy_pair(target)
+    np.testing.assert_allclose(matrix, np.stack([r.embedding for r in single if r.ok]), atol=1e-6, rtol=0)
+    assert [line["path"] for line in lines] == [r.path for r in single if r.ok]
+    assert json.loads(target.with_suffix(".jsonl").read_text().splitlines()[-1])["path"] == str(inputs[-1])
+
+
+def test_undecodable_file_names_stay_readable_in_both_files(tiny_open_clip_dir: Path, tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9 =cmd.jpg")  # not UTF-8: a surrogate escape in Python
+    shutil.copy(SAMPLE_DATA / "rocket.jpg", tmp_path / name)
+    for suffix in ("npy", "parquet"):
+        list(vitkit.embed(str(tmp_path / name), model=str(tiny_open_clip_dir), output=str(tmp_path / f"e.{suffix}")))
+    assert parse_jsonl((tmp_path / "e.jsonl").read_text(encoding="utf-8"))[0]["path"] == str(tmp_path / name)
+    assert read_parquet(tmp_path / "e.parquet")[1] == [f"{tmp_path}/caf\\xe9 =cmd.jpg"]

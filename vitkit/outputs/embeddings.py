@@ -21,6 +21,7 @@ import numpy as np
 
 from vitkit.errors import UsageError
 from vitkit.outputs.files import atomic_write_path, output_errors
+from vitkit.outputs.writers import printable, to_json
 
 EMBEDDING_FORMATS = (".npy", ".parquet")
 DTYPES = ("float32", "float16")
@@ -76,8 +77,7 @@ class EmbeddingFile:
             raise ValueError(f"embedding of shape {vector.shape} after rows of {self._width}")
         with output_errors(self.target):
             self._vectors.write(vector.astype(self.dtype).tobytes())
-            line = {"row": self.rows, "path": record["path"]}
-            self._paths.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape"))
+            self._paths.write((to_json({"row": self.rows, "path": record["path"]}) + "\n").encode("utf-8"))
         shown = dict(record) if self.keep_vectors else {k: v for k, v in record.items() if k != "embedding"}
         shown["row"] = self.rows
         self.rows += 1
@@ -110,13 +110,14 @@ class EmbeddingFile:
 
         schema = pa.schema([("path", pa.string()),
                             ("embedding", pa.list_(pa.from_numpy_dtype(self.dtype), width))])
-        lines = io.TextIOWrapper(self._paths, encoding="utf-8", errors="surrogateescape")
+        lines = io.TextIOWrapper(self._paths, encoding="utf-8")
         with atomic_write_path(self.target) as temp, output_errors(self.target):
             with pq.ParquetWriter(str(temp), schema) as writer:
                 for start in range(0, self.rows, _PARQUET_ROWS_PER_GROUP):
                     count = min(_PARQUET_ROWS_PER_GROUP, self.rows - start)
                     flat = np.frombuffer(self._vectors.read(count * width * self.dtype.itemsize), dtype=self.dtype)
-                    paths = [json.loads(lines.readline())["path"] for _ in range(count)]
+                    # Parquet strings are UTF-8: an undecodable byte in a name shows as \xNN, as in CSV.
+                    paths = [printable(json.loads(lines.readline())["path"]) for _ in range(count)]
                     embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
                     writer.write_table(pa.Table.from_arrays([pa.array(paths, pa.string()), embedding], schema=schema))
                 if self.rows == 0:
