@@ -138,12 +138,16 @@ def test_shards_concatenate_to_the_whole_run(tiny_timm_dir: Path, inputs: list[P
     assert [line["path"] for _, lines in parts for line in lines] == [line["path"] for line in whole_lines]
 
 
-def test_no_ok_input_still_writes_an_empty_matrix_of_the_models_width(tiny_timm_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fixture, width", [("tiny_timm_dir", 64), ("tiny_open_clip_dir", 32)])
+def test_no_ok_input_still_writes_an_empty_matrix_of_the_models_width(fixture: str, width: int, tmp_path: Path,
+                                                                      request: pytest.FixtureRequest) -> None:
     target = tmp_path / "emb.npy"
-    records = list(vitkit.embed(str(SAMPLE_ERRORS / "truncated.jpg"), model=str(tiny_timm_dir), output=str(target)))
+    model = str(request.getfixturevalue(fixture))
+    records = list(vitkit.embed(str(SAMPLE_ERRORS / "truncated.jpg"), model=model, output=str(target)))
     assert not records[0].ok
     matrix, lines = read_npy_pair(target)
-    assert matrix.shape == (0, 64) and lines == []
+    assert matrix.shape == (0, width) and lines == []
+    assert next(vitkit.embed(str(SAMPLE_DATA / "rocket.jpg"), model=model)).embedding.shape == (width,)
 
 
 def test_cli_writes_npy_and_jsonl_and_prints_rows(tiny_timm_dir: Path, inputs: list[Path], tmp_path: Path) -> None:

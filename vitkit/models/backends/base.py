@@ -43,7 +43,7 @@ class ImageEmbedder:
 
     preprocess: Callable[[Any], Any]  # picklable: PIL image -> (3, H, W), the checkpoint's own eval transform
     vectors: Callable[[Any, Any], Any]  # (module, (B, 3, H, W) on the device) -> (B, dim), not normalised
-    dim: int  # the vectors' length, known without running the model (an empty run still writes (0, dim))
+    dim: int  # the vectors' length from the config, so a run with no ok input still writes (0, dim); 0: unknown
 
 
 class ImageEmbedderBackend(Protocol):

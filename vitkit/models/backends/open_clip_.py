@@ -78,7 +78,8 @@ class OpenClipBackend:
         return getattr(module, "visual", module)
 
     def image_embedder(self, module: "torch.nn.Module", assets: OpenClipAssets) -> ImageEmbedder:
-        return ImageEmbedder(assets.transform, image_vectors, int(module.visual.output_dim))
+        # A timm image tower (open_clip's TimmModel) does not state its width: 0, unknown until a row comes.
+        return ImageEmbedder(assets.transform, image_vectors, int(getattr(module.visual, "output_dim", 0) or 0))
 
     def hub_repo_id(self, spec: ModelSpec) -> str | None:
         if spec.is_local or (repo := hub_source_repo(spec)):
