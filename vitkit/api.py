@@ -68,10 +68,19 @@ def label(inputs: Source | Sequence[Source] | None = None, *, labels: str | Sequ
                     top_k=top_k, html=html)
 
 
-def embed(inputs: Source | Sequence[Source] | None = None, **options: Unpack[Options]) -> Iterator[Record]:
-    """CLIP image embeddings (default model clip-b32, the index's): `record.embedding` is a unit-length
-    float32 numpy vector, comparable by dot product with other images' and with search text's."""
-    return _records(jobs.plan_embed, inputs, dict(options))
+def embed(inputs: Source | Sequence[Source] | None = None, *, output: str | None = None, dtype: str = "float32",
+          raw: bool = False, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+    """Image embeddings from any timm or open_clip model (default dino-s16; clip-b32 for the index's
+    space): `record.embedding` is the model's pooled vector as float32 numpy, unit length (compare by
+    dot product) unless `raw`. With `output` ('emb.npy', beside it 'emb.jsonl'; or 'emb.parquet') the
+    vectors are also written there in `dtype`, one row per ok input in input order, and
+    `record.row` is its row. The file is written when the records are used up."""
+    from vitkit.runtime.distributed import is_launched
+
+    if output and is_launched():
+        raise UsageError("vitkit.embed(output=...) writes one file per process under torchrun",
+                         hint="run `vitkit embed ... -o FILE` under torchrun: rank 0 writes every rank's rows")
+    return _records(jobs.plan_embed, inputs, dict(options), output=output, dtype=dtype, raw=raw, html=html)
 
 
 def detect(inputs: Source | Sequence[Source] | None = None, *, threshold: float = 0.7,

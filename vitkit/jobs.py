@@ -52,11 +52,22 @@ def plan_label(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *
     return make_job(task, found, batch.run_options(), html=html)
 
 
-def plan_embed(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, html: str | None = None) -> Job:
-    from vitkit.tasks.embed import EmbedTask
+def plan_embed(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, output: str | None = None,
+               dtype: str = "float32", raw: bool = False, html: str | None = None,
+               vectors_in_records: bool = True) -> Job:
+    """Records carry `embedding` for the library; the command line's do not (its records are text), so
+    there the vectors must go to an `output` file, and its records carry their `row` in it instead."""
+    from vitkit.outputs.embeddings import DTYPES, EmbeddingFile, check_embedding_output
+    from vitkit.tasks.embed import ImageEmbedTask
 
+    if output or not vectors_in_records:
+        check_embedding_output(output, dtype)  # before the model loads: a bad name fails at once
+    elif dtype not in DTYPES:
+        raise UsageError(f"dtype must be float32 or float16, not {dtype!r}")
     found = collect_inputs(inputs)
-    return make_job(EmbedTask(model.load(EMBED)), found, batch.run_options(), html=html)
+    task = ImageEmbedTask(model.load(EMBED), raw)
+    sinks = [EmbeddingFile(output, dtype, task.dim, keep_vectors=vectors_in_records)] if output else []
+    return make_job(task, found, batch.run_options(), sinks, html)
 
 
 def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, threshold: float = 0.7,

@@ -111,9 +111,11 @@ def split_options(options: dict[str, Any], *groups: type) -> list[Any]:
 class RecordSink(Protocol):
     """Something else that wants every record of the run (an HTML sheet, a COCO file). A sink with a true
     `per_input` attribute handles each record on its own (caption sidecars): under torchrun it runs on the
-    rank that made the record; the others run on rank 0 with every record."""
+    rank that made the record; the others run on rank 0 with every record, in input order. `add` may
+    return the record as the later sinks and the writer should see it (embed's file: a `row` added, the
+    vector taken out); None leaves it as it was."""
 
-    def add(self, record: dict[str, Any]) -> None: ...
+    def add(self, record: dict[str, Any]) -> dict[str, Any] | None: ...
 
     def close(self) -> None: ...
 
@@ -225,9 +227,9 @@ def iterate(job: Job | None, quiet: bool = False) -> Iterator["Record"]:
     try:
         for record in run(job.task, job.items, job.run, Reporter(quiet=quiet)):
             record = _renamed(record, job.names)
-            as_dict = record.to_dict()
-            for sink in job.sinks:
-                sink.add(as_dict)
+            fed = _feed(job.sinks, record.to_dict())
+            if record.ok:
+                record = replace(record, fields={k: v for k, v in fed.items() if k not in ("path", "width", "height")})
             yield record
         _close(job.sinks)
     finally:
@@ -298,10 +300,7 @@ def _run_records(job: Job, reporter: Reporter, local_sinks: Sequence[RecordSink]
 
     try:
         for record in run(job.task, job.items, job.run, reporter):
-            as_dict = _renamed(record, job.names).to_dict()
-            for sink in local_sinks:
-                sink.add(as_dict)
-            yield as_dict
+            yield _feed(local_sinks, _renamed(record, job.names).to_dict())
     finally:
         if job.cleanup is not None:
             job.cleanup.cleanup()
@@ -314,10 +313,9 @@ def _write_all(records: Iterable[dict[str, Any]], out: OutputOptions, layout: "R
     fmt = resolve_format(out.format, out.output)
     with (open_appending_writer if out.resume else open_writer)(fmt, out.output, layout) as writer:
         for record in records:
+            record = _feed(sinks, record)
             writer.write(record)
             failed += "error" in record
-            for sink in sinks:
-                sink.add(record)
     _close(sinks)
     return failed
 
@@ -377,6 +375,12 @@ def write_paths(listing: Listing, output: str | None, separator: str) -> int:
     with open_output(output) as stream:
         stream.write("".join(row["path"] + separator for row in listing.rows))
     return listing.exit_code
+
+
+def _feed(sinks: Sequence[RecordSink], record: dict[str, Any]) -> dict[str, Any]:
+    for sink in sinks:
+        record = sink.add(record) or record
+    return record
 
 
 def _close(sinks: Sequence[RecordSink]) -> None:

@@ -124,6 +124,7 @@ def _register() -> None:
     from vitkit.cli.classify import classify
     from vitkit.cli.dedup import dedup
     from vitkit.cli.detect import detect
+    from vitkit.cli.embed import embed
     from vitkit.cli.index import index
     from vitkit.cli.inpaint import inpaint
     from vitkit.cli.label import label
@@ -136,6 +137,7 @@ def _register() -> None:
     app.command("caption", no_args_is_help=True)(caption)
     app.command("dedup", no_args_is_help=True)(dedup)
     app.command("detect", no_args_is_help=True)(detect)
+    app.command("embed", no_args_is_help=True)(embed)
     app.command("label", no_args_is_help=True)(label)
     app.command("index", no_args_is_help=True)(index)
     app.command("inpaint", no_args_is_help=True)(inpaint)

@@ -120,7 +120,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def resolve_bench_model(reference: str | None) -> tuple[ModelSpec, str]:
-    """The spec and which of its capabilities to time: classify if it can, else embed (CLIP)."""
+    """The spec and which of its capabilities to time: classify if it can, else embed (open_clip)."""
     spec = resolve_any(reference or get_default_model(CLASSIFY), CLASSIFY)
     for capability in BENCH_CAPABILITIES:
         if capability in spec.capabilities:
@@ -134,9 +134,9 @@ def build_bench_task(loaded: LoadedModel, capability: str) -> Any:
         from vitkit.tasks.classify import ClassifyTask
 
         return ClassifyTask(loaded, top_k=5)
-    from vitkit.tasks.embed import EmbedTask
+    from vitkit.tasks.embed import ImageEmbedTask
 
-    return EmbedTask(loaded)
+    return ImageEmbedTask(loaded)  # embed's own task: any open_clip model (timm ones classify), unit vectors
 
 
 def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchResult:

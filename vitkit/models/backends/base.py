@@ -37,6 +37,22 @@ class ClassifierBackend(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ImageEmbedder:
+    """What `embed` needs from a loaded model: its pooled image vector, whichever library made it."""
+
+    preprocess: Callable[[Any], Any]  # picklable: PIL image -> (3, H, W), the checkpoint's own eval transform
+    vectors: Callable[[Any, Any], Any]  # (module, (B, 3, H, W) on the device) -> (B, dim), not normalised
+    dim: int  # the vectors' length from the config, so a run with no ok input still writes (0, dim); 0: unknown
+
+
+class ImageEmbedderBackend(Protocol):
+    """A backend whose models `embed` can run (timm, open_clip); optional."""
+
+    def image_embedder(self, module: "torch.nn.Module", assets: Any) -> ImageEmbedder:
+        ...
+
+
 class Backend(Protocol):
     """One library (timm, open_clip, transformers). Importing a backend module is cheap: the library
     itself is imported only inside the methods that need it."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from vitkit.errors import ModelLoadError, UnknownModelError
-from vitkit.models.backends.base import ClassNames, hub_source_repo, read_config
+from vitkit.models.backends.base import ClassNames, ImageEmbedder, hub_source_repo, read_config
 from vitkit.models.spec import CAPTION, CLIP_CAPABILITIES, OPEN_CLIP, ModelSpec
 
 if TYPE_CHECKING:
@@ -77,6 +77,10 @@ class OpenClipBackend:
         # The image tower runs on every batch; the text tower once per label set, not worth compiling.
         return getattr(module, "visual", module)
 
+    def image_embedder(self, module: "torch.nn.Module", assets: OpenClipAssets) -> ImageEmbedder:
+        # A timm image tower (open_clip's TimmModel) does not state its width: 0, unknown until a row comes.
+        return ImageEmbedder(assets.transform, image_vectors, int(getattr(module.visual, "output_dim", 0) or 0))
+
     def hub_repo_id(self, spec: ModelSpec) -> str | None:
         if spec.is_local or (repo := hub_source_repo(spec)):
             return None if spec.is_local else repo
@@ -133,6 +137,11 @@ def resize_size(transform: Any) -> int | None:
         if type(step).__name__ == "Resize" and size is not None:
             return max(size) if isinstance(size, (tuple, list)) else int(size)
     return None
+
+
+def image_vectors(model: "torch.nn.Module", images: "torch.Tensor") -> "torch.Tensor":
+    """(B, 3, H, W) -> (B, D): `encode_image` as it comes, not normalised."""
+    return model.encode_image(images)
 
 
 def encode_images(model: "torch.nn.Module", images: "torch.Tensor") -> "torch.Tensor":

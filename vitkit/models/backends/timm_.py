@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError
-from vitkit.models.backends.base import Classifier, ClassNames, hub_source_repo, read_config
+from vitkit.models.backends.base import Classifier, ClassNames, ImageEmbedder, hub_source_repo, read_config
 from vitkit.models.spec import CLASSIFY, TIMM, TIMM_CAPABILITIES, ModelSpec
 
 if TYPE_CHECKING:
@@ -69,6 +69,11 @@ class TimmBackend:
                                          hint="use it with `vitkit embed` or `vitkit attention`, or pick a "
                                               "classifier from `vitkit models list --task classify`")
         return Classifier(assets.transform, assets.labels, softmax_scores)
+
+    def image_embedder(self, module: "torch.nn.Module", assets: TimmAssets) -> ImageEmbedder:
+        # head_hidden_size: the pre-logits width where a head has its own hidden layer; else num_features.
+        dim = getattr(module, "head_hidden_size", None) or module.num_features
+        return ImageEmbedder(assets.transform, pooled_features, int(dim))
 
     def hub_repo_id(self, spec: ModelSpec) -> str | None:
         if spec.is_local or (repo := hub_source_repo(spec)):
@@ -161,6 +166,11 @@ def get_label_names(model: "torch.nn.Module", spec: ModelSpec) -> tuple[str, ...
 
 def softmax_scores(module: "torch.nn.Module", images: "torch.Tensor") -> "torch.Tensor":
     return module(images).float().softmax(dim=-1)  # (B, num_classes)
+
+
+def pooled_features(module: "torch.nn.Module", images: "torch.Tensor") -> "torch.Tensor":
+    """timm's own pooled embedding: the head's input after pooling and its norm, before the classifier."""
+    return module.forward_head(module.forward_features(images), pre_logits=True)  # (B, dim)
 
 
 def resize_size(data_config: dict[str, Any]) -> int:
