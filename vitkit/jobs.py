@@ -219,7 +219,7 @@ def run_search(text: str | None, image: str | None, folders: Sequence[str], mode
     """One query against the index, after indexing `folders` incrementally; one row per hit, best first.
     `min_score` and `relative` drop weak hits after ranking (nothing left: no rows and a note on stderr);
     `collapse_duplicates` keeps one hit per duplicate group, with the others in its `duplicates`. `exact` scores every image (no ANN)."""
-    from vitkit.pipeline import write_sheet
+    from vitkit.outputs.html import write_sheet
     from vitkit.retrieval.relevance import check_floor
     from vitkit.retrieval.search import SEARCH_LAYOUT, Relevance, search_images
     from vitkit.runtime.distributed import refuse_launch

@@ -213,6 +213,8 @@ def make_job(task: "Task", inputs: Inputs, run: "RunOptions", sinks: Sequence[Re
              html: str | None = None) -> Job:
     # Thumbnails of in-memory images come from their temporary files, which outlive the sinks' close.
     sources = {name: path for path, name in inputs.names.items()}
+    from vitkit.outputs.html import ContactSheetSink
+
     sheet = [ContactSheetSink(html, task.layout, f"model {task.model.spec.id}", sources)] if html else []
     return Job(task, inputs.items, run, [*sinks, *sheet], inputs.names, inputs.cleanup, inputs.skipped_by_extension)
 
@@ -386,23 +388,3 @@ def _feed(sinks: Sequence[RecordSink], record: dict[str, Any]) -> dict[str, Any]
 def _close(sinks: Sequence[RecordSink]) -> None:
     for sink in sinks:
         sink.close()
-
-
-class ContactSheetSink:
-    def __init__(self, path: str, layout: "RecordLayout", subtitle: str, sources: dict[str, str] | None = None) -> None:
-        self.path, self.layout, self.subtitle, self.sources = path, layout, subtitle, sources or {}
-        self.records: list[dict[str, Any]] = []
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        write_sheet(self.path, self.records, self.layout, self.subtitle, self.sources)
-
-
-def write_sheet(path: str, records: list[dict], layout: "RecordLayout", subtitle: str,
-                sources: dict[str, str] | None = None) -> None:
-    from vitkit.outputs.html import tile_for_record, write_contact_sheet
-
-    tiles = [tile_for_record(r, layout.describe, (sources or {}).get(r["path"])) for r in records]
-    write_contact_sheet(path, tiles, title="vitkit results", subtitle=subtitle)

@@ -9,12 +9,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from vitkit.inputs.decode import DecodeOptions, decode_image
 from vitkit.outputs.boxes import draw_detections
 from vitkit.errors import InputError, UsageError
 from vitkit.outputs.writers import open_output
+
+if TYPE_CHECKING:
+    from vitkit.outputs.records import RecordLayout
 
 JPEG_QUALITY = 80
 # The page runs nothing and fetches nothing: thumbnails are data: URIs and the only style is inline.
@@ -185,3 +188,23 @@ figcaption {{ display: flex; flex-direction: column; min-width: 0; }}
 .row .tile {{ flex: 0 0 {thumb_size + 16}px; }}
 .line {{ color: #424a53; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }}
 """
+
+
+class ContactSheetSink:
+    """The `--html` sheet of a run: every record's tile, written when the run ends."""
+
+    def __init__(self, path: str, layout: "RecordLayout", subtitle: str, sources: dict[str, str] | None = None) -> None:
+        self.path, self.layout, self.subtitle, self.sources = path, layout, subtitle, sources or {}
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        write_sheet(self.path, self.records, self.layout, self.subtitle, self.sources)
+
+
+def write_sheet(path: str, records: list[dict], layout: "RecordLayout", subtitle: str,
+                sources: dict[str, str] | None = None) -> None:
+    tiles = [tile_for_record(r, layout.describe, (sources or {}).get(r["path"])) for r in records]
+    write_contact_sheet(path, tiles, title="vitkit results", subtitle=subtitle)
