@@ -85,11 +85,18 @@ def detect(inputs: Source | Sequence[Source] | None = None, *, threshold: float 
 def segment(inputs: Source | Sequence[Source] | None = None, *, mode: str = "semantic",
             prompt: str | Sequence[str] | None = None, out_dir: str | None = None, alpha: float = 0.5,
             instances: bool = False, min_area: int = 0, html: str | None = None,
+            points_per_side: int | None = None, points_per_batch: int | None = None,
+            pred_iou_threshold: float | None = None, stability_score_threshold: float | None = None,
+            box_nms_threshold: float | None = None, crop_layers: int | None = None,
             **options: Unpack[Options]) -> Iterator[Record]:
-    """Segments per image (`mode` semantic, panoptic, or text with `prompt`): `record.segments[i].label,
-    .area, .box`; `record.mask` and `record.overlay` name the PNGs written to `out_dir`."""
+    """Segments per image (`mode` semantic, panoptic, text with `prompt`, or auto: SAM's masks from a
+    grid of points, with SAM's defaults 32, 64, 0.88, 0.95, 0.7 for None): `record.segments[i].label,
+    .score, .area, .box`; `record.mask` and `record.overlay` name the PNGs written to `out_dir`."""
+    auto = dict(points_per_side=points_per_side, points_per_batch=points_per_batch,
+                pred_iou_threshold=pred_iou_threshold, stability_score_threshold=stability_score_threshold,
+                box_nms_threshold=box_nms_threshold, crop_layers=crop_layers)
     return _records(jobs.plan_segment, inputs, dict(options), mode=mode, prompt=prompt, out_dir=out_dir,
-                    alpha=alpha, instances=instances, min_area=min_area, html=html)
+                    alpha=alpha, instances=instances, min_area=min_area, html=html, auto=auto)
 
 
 def inpaint(inputs: Source | Sequence[Source] | None = None, *, out_dir: str | None = None,

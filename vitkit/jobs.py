@@ -76,12 +76,24 @@ def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, 
 
 def plan_segment(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, mode: str = "semantic",
                  prompt: Sequence[str] | str | None = None, out_dir: str | None = None, alpha: float = 0.5,
-                 instances: bool = False, min_area: int = 0, html: str | None = None) -> Job:
+                 instances: bool = False, min_area: int = 0, html: str | None = None,
+                 auto: dict[str, float | int | None] | None = None) -> Job:
+    """`auto`: --mode auto's settings (AutoMaskOptions' fields); None values take their defaults."""
     from vitkit.models.registry import DEFAULT_SEGMENT_MODELS
-    from vitkit.tasks.segment import SegmentOptions, SegmentTask
+    from vitkit.tasks.segment import AUTO, SegmentOptions, SegmentTask
 
     prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
     options = SegmentOptions(mode, prompts, out_dir, alpha, instances, min_area, batch.max_pixels)
+    given = {name: value for name, value in (auto or {}).items() if value is not None}
+    if given and mode != AUTO:
+        raise UsageError(f"--{next(iter(given)).replace('_', '-')} only applies to --mode auto", hint="add --mode auto")
+    if mode == AUTO:  # a whole grid of prompts per image: one image a batch already fills the device
+        from vitkit.tasks.segment_auto import AutoMaskOptions, SegmentAutoTask
+
+        auto_options = AutoMaskOptions(**given)
+        found = collect_inputs(inputs)
+        task = SegmentAutoTask(model.load(SEGMENT, DEFAULT_SEGMENT_MODELS[AUTO]), options, auto_options, found.paths)
+        return make_job(task, found, batch.run_options(default_batch_size=1), html=html)
     found = collect_inputs(inputs)
     task = SegmentTask(model.load(SEGMENT, DEFAULT_SEGMENT_MODELS.get(mode)), options, found.paths)
     return make_job(task, found, batch.run_options(default_batch_size=4), html=html)

@@ -32,6 +32,7 @@ HEAD_CAPABILITIES = (
     ("ForUniversalSegmentation", SEGMENT),
     ("ForImageSegmentation", SEGMENT),
     ("ForSegmentation", SEGMENT),
+    ("SamModel", SEGMENT),  # Segment Anything: promptable masks, no task-head suffix
     ("MAEForPreTraining", INPAINT),
     ("ForImageClassification", CLASSIFY),
 )
