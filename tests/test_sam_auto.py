@@ -179,3 +179,17 @@ def test_library_and_cli_give_the_same_records(tiny_sam_dir: Path) -> None:
 def test_usage_errors(tiny_sam_dir: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["segment", str(SAMPLE_DATA / "coffee.jpg"), "--model", str(tiny_sam_dir), *args])
     assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_the_image_embedding_is_computed_once_per_image(tiny_sam_dir: Path) -> None:
+    loaded = vitkit.load_model(str(tiny_sam_dir), task="segment")
+    calls: list[int] = []
+    hook = loaded.module.vision_encoder.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        photos = [str(SAMPLE_DATA / "coffee.jpg"), str(SAMPLE_DATA / "camera.jpg")]
+        records = list(vitkit.segment(photos, mode="auto", model=loaded, points_per_side=3, points_per_batch=2,
+                                      batch_size=2))
+    finally:
+        hook.remove()
+    assert len(records) == 2 and all(r.segments is not None for r in records)
+    assert len(calls) == 1  # one batch of two images; five point batches each reuse its embeddings
