@@ -17,7 +17,7 @@ from vitkit.cli import app
 
 runner = CliRunner()
 
-GRID = 6  # points per side: 36 prompts, three masks each
+GRID = 4  # points per side: 16 prompts, three masks each
 
 
 @pytest.fixture(scope="module")
