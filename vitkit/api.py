@@ -99,13 +99,20 @@ def segment(inputs: Source | Sequence[Source] | None = None, *, mode: str = "sem
             prompt: str | Sequence[str] | None = None, out_dir: str | None = None, alpha: float = 0.5,
             instances: bool = False, min_area: int = 0, point: str | Sequence[str] | None = None,
             box: str | Sequence[float] | None = None, all_masks: bool = False, html: str | None = None,
+            points_per_side: int | None = None, points_per_batch: int | None = None,
+            pred_iou_threshold: float | None = None, stability_score_threshold: float | None = None,
+            box_nms_threshold: float | None = None, crop_layers: int | None = None,
             **options: Unpack[Options]) -> Iterator[Record]:
-    """Segments per image (`mode` semantic, panoptic, text with `prompt`, or prompt with `point` "X,Y[,LABEL]"
-    and/or `box` in image pixels, Segment Anything): `record.segments[i].label, .score, .area, .box`;
+    """Segments per image (`mode` semantic, panoptic, text with `prompt`; Segment Anything's prompt with
+    `point` "X,Y[,LABEL]" and/or `box` in image pixels, or auto: masks from a grid of points, with SAM's
+    defaults 32, 64, 0.88, 0.95, 0.7 for None): `record.segments[i].label, .score, .area, .box`;
     `record.mask` and `record.overlay` name the PNGs written to `out_dir`."""
+    auto = dict(points_per_side=points_per_side, points_per_batch=points_per_batch,
+                pred_iou_threshold=pred_iou_threshold, stability_score_threshold=stability_score_threshold,
+                box_nms_threshold=box_nms_threshold, crop_layers=crop_layers)
     return _records(jobs.plan_segment, inputs, dict(options), mode=mode, prompt=prompt, out_dir=out_dir,
                     alpha=alpha, instances=instances, min_area=min_area, point=point, box=box,
-                    all_masks=all_masks, html=html)
+                    all_masks=all_masks, html=html, auto=auto)
 
 
 def inpaint(inputs: Source | Sequence[Source] | None = None, *, out_dir: str | None = None,

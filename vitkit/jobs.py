@@ -94,22 +94,35 @@ def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, 
 def plan_segment(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, mode: str = "semantic",
                  prompt: Sequence[str] | str | None = None, out_dir: str | None = None, alpha: float = 0.5,
                  instances: bool = False, min_area: int = 0, point: Sequence[str] | str | None = None,
-                 box: str | Sequence[float] | None = None, all_masks: bool = False, html: str | None = None) -> Job:
+                 box: str | Sequence[float] | None = None, all_masks: bool = False, html: str | None = None,
+                 auto: dict[str, float | int | None] | None = None) -> Job:
+    """`auto`: --mode auto's settings (AutoMaskOptions' fields); None values take their defaults."""
     from vitkit.models.registry import DEFAULT_SEGMENT_MODELS
-    from vitkit.tasks.segment import PROMPT, SegmentOptions, SegmentTask
+    from vitkit.tasks.segment import AUTO, PROMPT, SegmentOptions, SegmentTask
 
     prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
     options = SegmentOptions(mode, prompts, out_dir, alpha, instances, min_area, batch.max_pixels)
     points = (point,) if isinstance(point, str) else tuple(point or ())
     if mode != PROMPT and (points or box is not None or all_masks):
         raise UsageError("--point, --box and --all-masks only apply to --mode prompt", hint="add --mode prompt")
+    given = {name: value for name, value in (auto or {}).items() if value is not None}
+    if given and mode != AUTO:
+        raise UsageError(f"--{next(iter(given)).replace('_', '-')} only applies to --mode auto", hint="add --mode auto")
+    if mode == AUTO:  # a whole grid of prompts per image: one image a batch already fills the device
+        from vitkit.tasks.segment_auto import AutoMaskOptions, SegmentAutoTask
+
+        auto_options = AutoMaskOptions(**given)
+        found = collect_inputs(inputs)
+        task: SegmentTask = SegmentAutoTask(model.load(SEGMENT, DEFAULT_SEGMENT_MODELS[AUTO]), options, auto_options,
+                                            found.paths)
+        return make_job(task, found, batch.run_options(default_batch_size=1), html=html)
     if mode == PROMPT:
         from vitkit.tasks.segment_prompt import PromptSegmentTask, build_prompt
 
         sam_prompt = build_prompt(points, box)  # checked before any model loads
         found = collect_inputs(inputs)
         loaded = model.load(SEGMENT, DEFAULT_SEGMENT_MODELS[PROMPT])
-        task: SegmentTask = PromptSegmentTask(loaded, options, sam_prompt, all_masks, found.paths)
+        task = PromptSegmentTask(loaded, options, sam_prompt, all_masks, found.paths)
     else:
         found = collect_inputs(inputs)
         task = SegmentTask(model.load(SEGMENT, DEFAULT_SEGMENT_MODELS.get(mode)), options, found.paths)

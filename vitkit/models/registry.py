@@ -87,7 +87,7 @@ CATALOGUE: dict[str, ModelSpec] = {
         _alias("clipseg", TRANSFORMERS, "CIDAS/clipseg-rd64-refined", frozenset({SEGMENT}),
                "CLIPSeg ViT-B/16, text-prompted segmentation", 150.7),
         _alias("sam-b", TRANSFORMERS, "facebook/sam-vit-base", frozenset({SEGMENT}),
-               "Segment Anything ViT-B, SA-1B (11M images, 1.1B masks), promptable masks", 93.7),
+               "Segment Anything ViT-B, SA-1B (11M images, 1.1B masks), promptable and automatic masks", 93.7),
         _alias("mae-base", TRANSFORMERS, "facebook/vit-mae-base", frozenset({INPAINT}),
                "MAE ViT-B/16 with its decoder, ImageNet-1k self-supervised", 111.9),
         _alias("mae-large", TRANSFORMERS, "facebook/vit-mae-large", frozenset({INPAINT}),
@@ -109,7 +109,7 @@ DEFAULT_MODELS = {
 
 # Segmentation has one capability but three modes, each with its own default model.
 DEFAULT_SEGMENT_MODELS = {"semantic": "segformer-b0", "panoptic": "mask2former-swin-t", "text": "clipseg",
-                         "prompt": "sam-b"}
+                         "prompt": "sam-b", "auto": "sam-b"}
 
 
 def list_catalogue() -> list[ModelSpec]:

@@ -26,8 +26,8 @@ from vitkit.tasks.base import TaskResult
 from vitkit.tasks.segment_postprocess import panoptic_map, semantic_map
 from vitkit.tasks.segment_upsample import upsampled_argmax
 
-SEMANTIC, PANOPTIC, TEXT, PROMPT = "semantic", "panoptic", "text", "prompt"
-MODES = (SEMANTIC, PANOPTIC, TEXT, PROMPT)
+SEMANTIC, PANOPTIC, TEXT, PROMPT, AUTO = "semantic", "panoptic", "text", "prompt", "auto"
+MODES = (SEMANTIC, PANOPTIC, TEXT, PROMPT, AUTO)  # prompt: tasks/segment_prompt.py; auto: tasks/segment_auto.py
 TEXT_THRESHOLD = 0.5  # CLIPSeg: a pixel shows a prompt where sigmoid(logit) > 0.5
 _POST_PROCESS = {SEMANTIC: "post_process_semantic_segmentation", PANOPTIC: "post_process_panoptic_segmentation"}
 from vitkit.models.backends.hf import SEGMENTATION_HEADS as _SEGMENTATION_HEADS  # noqa: E402 - the one head list
@@ -38,7 +38,7 @@ _PADDED_MASK_FIELDS = ("masks_queries_logits", "pred_masks")
 def _describe(record: dict[str, Any]) -> str:
     segments = sorted(record.get("segments") or [], key=lambda s: -s["area"])
     pixels = max(1, (record.get("width") or 0) * (record.get("height") or 0))
-    text = ", ".join(f"{s['label']} {100 * s['area'] / pixels:.1f}%" for s in segments[:6])
+    text = ", ".join(f"{s['label'] or 'segment'} {100 * s['area'] / pixels:.1f}%" for s in segments[:6])
     return (text + (" …" if len(segments) > 6 else "")) if text else "(nothing)"
 
 
@@ -227,7 +227,7 @@ def _supported_modes(model: LoadedModel, processor: Any) -> list[str]:
     if not type(module).__name__.endswith(_SEGMENTATION_HEADS):
         return []
     if is_sam_model(module):
-        return [PROMPT]
+        return [PROMPT, AUTO]
     if hasattr(module, "get_conditional_embeddings"):  # prompt-conditioned (CLIPSeg)
         return [TEXT] if getattr(processor, "tokenizer", None) is not None else []
     image_processor = getattr(processor, "image_processor", processor)
