@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError
 from vitkit.models.backends.base import Classifier, ClassNames, read_config
-from vitkit.models.spec import CLASSIFY, DETECT, INPAINT, SEGMENT, TRANSFORMERS, ModelSpec
+from vitkit.models.spec import CLASSIFY, DEPTH, DETECT, INPAINT, SEGMENT, TRANSFORMERS, ModelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -33,12 +33,13 @@ HEAD_CAPABILITIES = (
     ("ForImageSegmentation", SEGMENT),
     ("ForSegmentation", SEGMENT),
     ("MAEForPreTraining", INPAINT),
+    ("ForDepthEstimation", DEPTH),
     ("ForImageClassification", CLASSIFY),
 )
 SEGMENTATION_HEADS = tuple(suffix for suffix, capability in HEAD_CAPABILITIES if capability == SEGMENT)
 # What an `org/repo` id can be for when its config is not in the cache yet; the command's own check
 # happens at load time.
-_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT})
+_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT, DEPTH})
 # Heads whose config's id2label names the classes it predicts.
 _CLASS_HEAD_CAPABILITIES = frozenset({CLASSIFY, DETECT, SEGMENT})
 
@@ -48,6 +49,7 @@ _AUTO_CLASS_FOR_CAPABILITY = {
     SEGMENT: "AutoModelForSemanticSegmentation",
     INPAINT: "AutoModelForPreTraining",
     CLASSIFY: "AutoModelForImageClassification",
+    DEPTH: "AutoModelForDepthEstimation",
 }
 
 
