@@ -37,7 +37,8 @@ LEGEND_MIN_IMAGE = (96, 48)  # (width, height): smaller previews get no legend, 
 
 @dataclass(frozen=True)
 class Quantised:
-    """`value = levels * scale + offset` within half a level (scale / 2) of the model's value."""
+    """`value = levels * scale + offset` within half a level (scale / 2) of the model's value, plus the
+    float32 arithmetic's rounding (under 1% of a level)."""
 
     levels: np.ndarray  # (H, W) uint16, 0 at the minimum, 65535 at the maximum
     scale: float
