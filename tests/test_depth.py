@@ -113,7 +113,7 @@ def read_levels(path: str) -> np.ndarray:
 
 def non_square(tmp_path: Path) -> Path:
     path = tmp_path / "wide.png"
-    Image.open(SAMPLE_DATA / "rocket.jpg").convert("RGB").resize((300, 70)).save(path)
+    Image.open(SAMPLE_DATA / "rocket.jpg").convert("RGB").resize((240, 80)).save(path)
     return path
 
 
@@ -198,6 +198,21 @@ def test_the_model_runs_once_per_processed_size() -> None:
     depths = forward_by_size(fake_model, batch)
     assert calls == [(2, 3, 14, 28), (1, 3, 28, 14), (1, 3, 28, 28)]
     assert all(torch.equal(d, image[0] * 2) for d, image in zip(depths, images, strict=True))
+
+
+def test_thin_and_one_pixel_images_get_maps(tiny_depth_anything_dir: Path, tmp_path: Path) -> None:
+    """Beyond 56/14 = 4:1 the tiny processor would round the short side to 0 pixels: such images are
+    squashed to that ratio first; the maps still come out at the original size."""
+    paths = []
+    for size in [(1, 5000), (5000, 1), (1, 1), (200, 20)]:
+        paths.append(tmp_path / f"thin-{size[0]}x{size[1]}.png")
+        Image.open(SAMPLE_DATA / "rocket.jpg").convert("RGB").resize(size).save(paths[-1])
+    code, records, stderr = depth(*map(str, paths), "--model", str(tiny_depth_anything_dir), "--out-dir",
+                                  str(tmp_path / "out"), "--npy", "--workers", "0")
+    assert code == 0, stderr
+    for record, size in zip(records, [(1, 5000), (5000, 1), (1, 1), (200, 20)], strict=True):
+        assert (record["width"], record["height"]) == size
+        assert np.load(record["npy"]).shape == size[::-1] and Image.open(record["depth"]).size == size
 
 
 # --- files, records, failures ---------------------------------------------------------------------

@@ -207,6 +207,11 @@ def processor_max_ratio(image_processor: Any) -> float | None:
     size = getattr(image_processor, "size", None)
     get = _size_getter(size) if size is not None else (lambda key: None)
     if get("height") and get("width"):
+        if getattr(image_processor, "keep_aspect_ratio", False):
+            # DPT-style (Depth Anything): one side fits the size, the other is rounded to a multiple of
+            # `ensure_multiple_of`, which beyond this ratio is 0 pixels.
+            multiple = max(1, int(getattr(image_processor, "ensure_multiple_of", 1) or 1))
+            return min(int(get("height")), int(get("width"))) / multiple
         return None
     if get("longest_edge"):
         return int(get("longest_edge")) / MIN_SHORT_SIDE
