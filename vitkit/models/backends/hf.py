@@ -1,4 +1,4 @@
-"""transformers: classification, detection, segmentation and MAE models with their own processors.
+"""transformers: classification, detection, segmentation, depth and MAE models with their own processors.
 
 What a checkpoint can do is read from the head class its config names (`architectures`), never from
 its name.

@@ -76,7 +76,8 @@ def forward_by_size(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) ->
     for height, width in dict.fromkeys(map(tuple, sizes)):
         members = [i for i, size in enumerate(sizes) if tuple(size) == (height, width)]
         index = torch.tensor(members, device=pixels.device)
-        predicted = module(pixel_values=pixels.index_select(0, index)[..., :height, :width]).predicted_depth
+        members_pixels = pixels.index_select(0, index)[..., :height, :width].contiguous()  # (n, 3, h, w)
+        predicted = module(pixel_values=members_pixels).predicted_depth
         for position, member in enumerate(members):
             depths[member] = predicted[position]  # (h', w')
     return [depth for depth in depths if depth is not None]
