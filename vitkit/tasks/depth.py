@@ -81,16 +81,20 @@ class DepthTask:
         if value_range is None:
             return InputError("the model's depth map is not finite, even in fp32", kind="non-finite output")
         low, high = value_range
+        quantised = depth_maps.quantise(depth, low, high)
         fields: dict[str, Any] = {"depth": None, "preview": None, "kind": self.depth_kind.kind,
                                   "unit": self.depth_kind.unit, "min": low, "max": high,
-                                  "scale": depth_maps.level_scale(low, high), "offset": low}
+                                  "scale": quantised.scale, "offset": quantised.offset}
         if self.options.npy:
             fields["npy"] = None
-        return Artifacts(fields, functools.partial(self._files, sample.path, depth, low, high))
+        # What waits for the output stage is the 16-bit levels (half the float map), and the float map
+        # only when it is to be written: up to two batches of maps wait, 12 MP each.
+        exact = depth if self.options.npy else None
+        return Artifacts(fields, functools.partial(self._files, sample.path, quantised, exact, low, high))
 
-    def _files(self, path: str, depth: np.ndarray, low: float, high: float) -> list[ImageFile]:
+    def _files(self, path: str, quantised: depth_maps.Quantised, exact: np.ndarray | None, low: float,
+               high: float) -> list[ImageFile]:
         """The 16-bit PNG, the preview (and the .npy). Runs in the output stage; all are written or none."""
-        quantised = depth_maps.quantise(depth, low, high)
         nearer_is_larger = self.depth_kind.kind == RELATIVE
         files = [
             ImageFile("depth", self.planner.path_for(path, "depth", "png"), depth_maps.levels_image(quantised.levels),
@@ -99,8 +103,8 @@ class DepthTask:
                       depth_maps.preview_image(quantised.levels, nearer_is_larger, low, high, self.depth_kind.unit),
                       {"format": "PNG", "compress_level": 1}),  # for looking at: fast to write
         ]
-        if self.options.npy:
-            files.append(ImageFile("npy", self.planner.path_for(path, "depth", "npy"), NpyArray(depth), {}))
+        if exact is not None:
+            files.append(ImageFile("npy", self.planner.path_for(path, "depth", "npy"), NpyArray(exact), {}))
         return files
 
 
