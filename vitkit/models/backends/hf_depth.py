@@ -23,9 +23,9 @@ RELATIVE, METRIC = "relative", "metric"
 # an unknown scale and shift per image, so the values compare only within one image.
 RELATIVE_UNIT = "relative (larger is nearer)"
 METRIC_UNIT = "metres"
-# Checkpoints whose config does not say what they predict, by `model_type`: every DPT checkpoint that
-# transformers converted (Intel/dpt-large, dpt-hybrid-midas, dpt-beit-*) is a MiDaS model trained for
-# relative inverse depth. Other families without the field (GLPN, ZoeDepth, Depth Pro) are refused
+# Checkpoints whose config does not say what they predict, by `model_type`: the DPT depth checkpoints
+# published for transformers (Intel/dpt-large, dpt-hybrid-midas, the dpt-beit ones) are MiDaS models
+# trained for relative inverse depth. Other families without the field (GLPN, ZoeDepth, Depth Pro) are refused
 # rather than guessed, and their processors' post-processing takes other arguments.
 _KIND_WITHOUT_FIELD = {"dpt": RELATIVE}
 
