@@ -136,6 +136,14 @@ def attention(inputs: Source | Sequence[Source] | None = None, *, out_dir: str |
                     keep_mass=keep_mass, rollout=rollout, html=html)
 
 
+def depth(inputs: Source | Sequence[Source] | None = None, *, out_dir: str | None = None, npy: bool = False,
+          html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+    """Depth maps (default model depth-anything-s) written to `out_dir` (required): `record.depth` (16-bit
+    PNG; value = level * `record.scale` + `record.offset`), `record.preview`, `record.npy` with `npy`;
+    `record.kind` (relative or metric, from the checkpoint), `.unit`, `.min`, `.max`."""
+    return _records(jobs.plan_depth, inputs, dict(options), out_dir=out_dir, npy=npy, html=html)
+
+
 def caption(inputs: Source | Sequence[Source] | None = None, *, max_length: int | None = None,
             beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
             on_exists: str | None = None, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
@@ -194,7 +202,7 @@ def dedup(folders: str | Sequence[str] | None = None, *, threshold: float | None
 def load_model(ref: str | None = None, *, task: str, device: str = "auto", precision: str = "auto",
                offline: bool = False, compile: bool = False) -> "LoadedModel":
     """Resolve a model reference (None: the command's default) and load it for a command (`task`:
-    classify, label, embed, detect, segment, inpaint, caption, attention, index or search); pass it on as `model=`."""
+    classify, label, embed, detect, segment, inpaint, depth, caption, attention, index or search); pass it on as `model=`."""
     from vitkit.models.spec import CAPABILITY_OF_COMMAND
 
     if task not in CAPABILITY_OF_COMMAND:

@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Sequence
 
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
-from vitkit.models.registry import ATTENTION, CAPTION, CLASSIFY, DETECT, EMBED, INPAINT, LABEL, SEGMENT
+from vitkit.models.registry import ATTENTION, CAPTION, CLASSIFY, DEPTH, DETECT, EMBED, INPAINT, LABEL, SEGMENT
 from vitkit.pipeline import BatchOptions, InputOptions, Job, Listing, ModelOptions, collect_inputs, make_job
 from vitkit.runtime.report import Reporter
 
@@ -150,6 +150,16 @@ def plan_attention(inputs: InputOptions, model: ModelOptions, batch: BatchOption
     found = collect_inputs(inputs)
     task = AttentionTask(model.load(ATTENTION), options, found.paths)
     return make_job(task, found, batch.run_options(), html=html)
+
+
+def plan_depth(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, out_dir: str | None = None,
+               npy: bool = False, html: str | None = None) -> Job:
+    from vitkit.tasks.depth import DepthOptions, DepthTask
+
+    options = DepthOptions(out_dir, npy)
+    found = collect_inputs(inputs)
+    task = DepthTask(model.load(DEPTH), options, found.paths)
+    return make_job(task, found, batch.run_options(default_batch_size=4), html=html)
 
 
 def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, max_length: int | None = None,

@@ -123,6 +123,7 @@ def _register() -> None:
     from vitkit.cli.caption import caption
     from vitkit.cli.classify import classify
     from vitkit.cli.dedup import dedup
+    from vitkit.cli.depth import depth
     from vitkit.cli.detect import detect
     from vitkit.cli.embed import embed
     from vitkit.cli.index import index
@@ -136,6 +137,7 @@ def _register() -> None:
     app.command("bench")(bench)
     app.command("caption", no_args_is_help=True)(caption)
     app.command("dedup", no_args_is_help=True)(dedup)
+    app.command("depth", no_args_is_help=True)(depth)
     app.command("detect", no_args_is_help=True)(detect)
     app.command("embed", no_args_is_help=True)(embed)
     app.command("label", no_args_is_help=True)(label)

@@ -10,11 +10,11 @@ import difflib
 from pathlib import Path
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError, UsageError
-from vitkit.models.spec import (ATTENTION, CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DETECT, EMBED, INPAINT,
+from vitkit.models.spec import (ATTENTION, CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DEPTH, DETECT, EMBED, INPAINT,
                                 LABEL, OPEN_CLIP, SEARCH, SEGMENT, TIMM, TIMM_CAPABILITIES, TRANSFORMERS, ModelSpec,
                                 describe_capability)
 
-__all__ = ["ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP",
+__all__ = ["ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DEPTH", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP",
            "SEARCH", "SEGMENT", "TIMM", "TRANSFORMERS", "ModelSpec", "resolve", "resolve_any", "list_catalogue",
            "get_default_model"]
 
@@ -30,6 +30,7 @@ BACKEND_FOR_CAPABILITY = {
     DETECT: TRANSFORMERS,
     SEGMENT: TRANSFORMERS,
     INPAINT: TRANSFORMERS,
+    DEPTH: TRANSFORMERS,
 }
 
 
@@ -92,6 +93,10 @@ CATALOGUE: dict[str, ModelSpec] = {
                "MAE ViT-B/16 with its decoder, ImageNet-1k self-supervised", 111.9),
         _alias("mae-large", TRANSFORMERS, "facebook/vit-mae-large", frozenset({INPAINT}),
                "MAE ViT-L/16 with its decoder, ImageNet-1k self-supervised", 329.5),
+        _alias("depth-anything-s", TRANSFORMERS, "depth-anything/Depth-Anything-V2-Small-hf", frozenset({DEPTH}),
+               "Depth Anything V2 Small (ViT-S), relative depth (95.3% on the DA-2K benchmark)", 24.8),
+        _alias("dpt-large", TRANSFORMERS, "Intel/dpt-large", frozenset({DEPTH}),
+               "DPT-Large (MiDaS v3.0, ViT-L/16 at 384 px), relative inverse depth trained on 1.4M images", 343.0),
     )
 }
 
@@ -105,6 +110,7 @@ DEFAULT_MODELS = {
     DETECT: "detr-r50",
     SEGMENT: "segformer-b0",
     INPAINT: "mae-large",
+    DEPTH: "depth-anything-s",
 }
 
 # Segmentation has one capability but three modes, each with its own default model.

@@ -19,7 +19,8 @@ CAPTION = "caption"
 DETECT = "detect"
 SEGMENT = "segment"
 INPAINT = "inpaint"
-CAPABILITIES = (CLASSIFY, LABEL, SEARCH, EMBED, ATTENTION, CAPTION, DETECT, SEGMENT, INPAINT)
+DEPTH = "depth"
+CAPABILITIES = (CLASSIFY, LABEL, SEARCH, EMBED, ATTENTION, CAPTION, DETECT, SEGMENT, INPAINT, DEPTH)
 
 # The commands that use a capability, where that is not the capability's own name.
 COMMANDS_FOR_CAPABILITY = {SEARCH: ("index", "search", "dedup")}

@@ -33,7 +33,7 @@ class ImageFile:
 
     field: str
     target: Path
-    image: Image.Image
+    image: Image.Image  # or anything with its save(fp, **options), such as an array written as .npy
     options: Mapping[str, Any]  # Pillow save options, "format" included
 
 

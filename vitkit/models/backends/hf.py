@@ -1,4 +1,4 @@
-"""transformers: classification, detection, segmentation and MAE models with their own processors.
+"""transformers: classification, detection, segmentation, depth and MAE models with their own processors.
 
 What a checkpoint can do is read from the head class its config names (`architectures`), never from
 its name.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError
 from vitkit.models.backends.base import Classifier, ClassNames, read_config
-from vitkit.models.spec import CLASSIFY, DETECT, INPAINT, SEGMENT, TRANSFORMERS, ModelSpec
+from vitkit.models.spec import CLASSIFY, DEPTH, DETECT, INPAINT, SEGMENT, TRANSFORMERS, ModelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -34,12 +34,13 @@ HEAD_CAPABILITIES = (
     ("ForSegmentation", SEGMENT),
     ("SamModel", SEGMENT),  # Segment Anything: no head suffix; promptable masks (vitkit/models/backends/sam.py)
     ("MAEForPreTraining", INPAINT),
+    ("ForDepthEstimation", DEPTH),
     ("ForImageClassification", CLASSIFY),
 )
 SEGMENTATION_HEADS = tuple(suffix for suffix, capability in HEAD_CAPABILITIES if capability == SEGMENT)
 # What an `org/repo` id can be for when its config is not in the cache yet; the command's own check
 # happens at load time.
-_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT})
+_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT, DEPTH})
 # Heads whose config's id2label names the classes it predicts.
 _CLASS_HEAD_CAPABILITIES = frozenset({CLASSIFY, DETECT, SEGMENT})
 
@@ -49,6 +50,7 @@ _AUTO_CLASS_FOR_CAPABILITY = {
     SEGMENT: "AutoModelForSemanticSegmentation",
     INPAINT: "AutoModelForPreTraining",
     CLASSIFY: "AutoModelForImageClassification",
+    DEPTH: "AutoModelForDepthEstimation",
 }
 
 
@@ -206,6 +208,11 @@ def processor_max_ratio(image_processor: Any) -> float | None:
     size = getattr(image_processor, "size", None)
     get = _size_getter(size) if size is not None else (lambda key: None)
     if get("height") and get("width"):
+        if getattr(image_processor, "keep_aspect_ratio", False):
+            # DPT-style (Depth Anything): one side fits the size, the other is rounded to a multiple of
+            # `ensure_multiple_of`, which beyond this ratio is 0 pixels.
+            multiple = max(1, int(getattr(image_processor, "ensure_multiple_of", 1) or 1))
+            return min(int(get("height")), int(get("width"))) / multiple
         return None
     if get("longest_edge"):
         return int(get("longest_edge")) / MIN_SHORT_SIDE
