@@ -33,7 +33,8 @@ POOL = 500
 MIN_SCANNED = 50_000
 # A reader syncs its ANN copy in memory (and saves it, if no writer holds the lock) once this share of
 # the live rows is missing from it or dead in it; fewer are scored exactly or dropped at each query.
-_SYNC_FRACTION = 0.05
+SYNC_FRACTION = 0.05
+SYNC_MIN_ROWS = 1_000
 
 
 def ann_min_files() -> int:
@@ -133,4 +134,4 @@ def _far_from(rows: np.ndarray, live_mask: np.ndarray, live_count: int) -> bool:
     inside = rows < len(live_mask)
     both = int(live_mask[rows[inside]].sum())
     differing = len(rows) + live_count - 2 * both
-    return differing > max(1_000, _SYNC_FRACTION * live_count)
+    return differing > max(SYNC_MIN_ROWS, SYNC_FRACTION * live_count)

@@ -13,7 +13,6 @@ Readers touch only rows their SQLite snapshot refers to, so they can search whil
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -23,15 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError
-from vitkit.retrieval import ann, approximate
-from vitkit.retrieval.exact import (
-    GATHER_SHARE, Hit, Snapshot, distinct_sorted, folders, prefix_range, search_rows, search_snapshot,
-)
+from vitkit.retrieval import ann, approximate, direct
+from vitkit.retrieval.exact import Hit, Snapshot, search_snapshot
 from vitkit.retrieval.lock import WriterLock
 from vitkit.retrieval.plan import FileState
 from vitkit.retrieval.schema import (
-    DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, no_index, open_error,
-    read_meta, reference_for_key, transaction,
+    DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, has_row_index, no_index,
+    open_error, read_meta, reference_for_key, transaction,
 )
 from vitkit.retrieval.vectors import VECTOR_DTYPE, map_vectors, normalised, vectors_file_name
 
@@ -120,6 +117,8 @@ class IndexReader:
         self._snapshot_cache: Snapshot | None = None
         self._searched_version: int | None = None  # data_version of the last search without a snapshot
         self._ann_cache: approximate.AnnView | None = None
+        self._rows_cache: direct.RowsView | None = None
+        self._row_index = has_row_index(conn)  # else (an index no writer has opened since) snapshots serve
         self.warn: Callable[[str], None] = _warn_on_stderr  # search sets the command's reporter instead
 
     @property
@@ -143,6 +142,10 @@ class IndexReader:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         q = normalised(np.atleast_2d(queries), self.dim)
+        if under is None and self._row_index:
+            hits = self._search_by_rows(q, k, threshold, exact)
+            if hits is not None:
+                return hits
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         if not exact and self._file_count(version) >= approximate.ann_min_files():
             snapshot = self._snapshot()
@@ -156,40 +159,52 @@ class IndexReader:
             # The first search of a committed state asks SQLite for the few files it needs (one scan per
             # query) instead of loading every path (~0.5 s at 1M files); the next search loads them.
             self._searched_version = version
-            hits = self._search_without_snapshot(q, k, threshold, under)
-            if hits is not None:
-                return hits
+            with transaction(self._conn, "BEGIN"):
+                vectors = self._vectors_of(read_meta(self._conn, self.folder))
+                if vectors is not None:  # else a rebuild or compact replaced the file: take a snapshot
+                    return direct.search_exact(self._conn, vectors, q, k, threshold, under)
         return search_snapshot(self._snapshot(), q, k, threshold, under)
 
-    def _search_without_snapshot(self, queries: np.ndarray, k: int, threshold: float | None,
-                                 under: Sequence[str] | None) -> list[list[Hit]] | None:
-        """Search the vector rows of files in `under` (or every row), looking up files by row in the same
-        read transaction (so every path is in that committed state); None when a rebuild or compact
-        replaced the vector file."""
-        inside, bounds = _path_filter(under)
+    def _search_by_rows(self, queries: np.ndarray, k: int, threshold: float | None,
+                        exact: bool) -> list[list[Hit]] | None:
+        """Search every file without a snapshot (see direct.py), in one read transaction; None when the
+        snapshot's path must answer: a rebuild or compact replaced the vector file, or the ANN file
+        must be rebuilt or synced (which needs every live row)."""
         with transaction(self._conn, "BEGIN"):
             meta = read_meta(self._conn, self.folder)
             vectors = self._vectors_of(meta)
             if vectors is None:
                 return None
+            size = direct.used_rows(self._conn)
+            if not exact and size >= approximate.ann_min_files():
+                version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                view = self._rows_view(meta, version, size)
+                if view is None:
+                    return None
+                hits = direct.search_ann(self._conn, vectors, view, queries, k, threshold)
+                if hits is not None:
+                    return hits
+            return direct.search_exact(self._conn, vectors, queries, k, threshold, None)
 
-            scope = None
-            if under is not None:
-                scope = _rows_under(self._conn, inside, bounds)
-                if len(scope) == 0:
-                    return [[] for _ in range(len(queries))]
-                if len(scope) > GATHER_SHARE * len(vectors):
-                    scope = None  # cheaper to read the whole file in order; lookups keep to the folders
-            either = " OR ".join(f"({clause})" for clause in inside) or "1"
-            query = f"SELECT path, row FROM files WHERE row IN (SELECT value FROM json_each(?)) AND ({either})"
-            values = tuple(value for clause in bounds for value in clause)
-
-            def lookup(rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
-                # One scan of `files` (no index by row): ~0.1 s at 1M files, done once per search.
-                found = self._conn.execute(query, (json.dumps(rows.tolist()), *values)).fetchall()
-                return np.array([row for _, row in found], dtype=np.int64), [path for path, _ in found]
-
-            return search_rows(vectors, scope, lookup, queries, k, threshold)
+    def _rows_view(self, meta: Meta, version: int, size: int) -> direct.RowsView | None:
+        """The ANN index for this committed state: the one in memory, or the saved one when it is new or
+        has been saved again since; None when it cannot serve (see _search_by_rows)."""
+        previous = self._rows_cache
+        if previous is not None and (previous.data_version, previous.generation) == (version, meta.generation):
+            return previous
+        index = previous.index if previous is not None and previous.generation == meta.generation else None
+        signature = ann.file_signature(self.folder)
+        if index is None or signature != previous.signature:
+            index = ann.load(self.folder, self.model_key, self.dim, meta.generation)[0] or index
+        if index is None and self._ann_cache is not None and self._ann_cache.index.header.generation == meta.generation:
+            index = self._ann_cache.index  # rebuilt from a snapshot, and not saved (a read-only folder)
+        if index is None or index.needs_retraining(size):
+            return None
+        appended = direct.live_rows_from(self._conn, index.covers)
+        if len(appended) > max(approximate.SYNC_MIN_ROWS, approximate.SYNC_FRACTION * size):
+            return None
+        self._rows_cache = direct.RowsView(version, meta.generation, index, appended, signature)
+        return self._rows_cache
 
     def snapshot(self) -> Snapshot:
         """The latest committed state: sorted paths, their vector rows and the mapped vector file
@@ -325,36 +340,13 @@ class IndexReader:
         self._conn.close()
         self._snapshot_cache = None
         self._ann_cache = None
+        self._rows_cache = None
 
     def __enter__(self) -> IndexReader:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def _path_filter(under: Sequence[str] | None) -> tuple[list[str], list[tuple[str, ...]]]:
-    """SQL conditions (and their values) for files that are one of `under` or inside one of them."""
-    if under is None:
-        return [], []
-    inside: list[str] = []
-    bounds: list[tuple[str, ...]] = []
-    for folder in folders(under):
-        exact, lo, hi = prefix_range(folder)
-        inside += ["path = ?", "path >= ? AND path < ?"]
-        bounds += [(exact,), (lo, hi)]
-    return inside, bounds
-
-
-def _rows_under(conn: sqlite3.Connection, inside: list[str], bounds: list[tuple[str, ...]]) -> np.ndarray:
-    """The distinct vector rows of the files matching any condition, sorted. Each condition is its own
-    query so that it uses the path index: the cost follows the folders' size, not the index's."""
-    found = [np.zeros(0, dtype=np.int64)]
-    for clause, values in zip(inside, bounds):
-        joined = conn.execute(f"SELECT group_concat(row) FROM files WHERE {clause}", values).fetchone()[0]
-        if joined:
-            found.append(np.fromstring(joined, dtype=np.int64, sep=","))
-    return distinct_sorted(np.sort(np.concatenate(found)))
 
 
 def _paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
