@@ -12,7 +12,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitkit.errors import IndexError_, IndexSchemaError
+from vitkit.errors import IndexError_, IndexModelMismatchError, IndexSchemaError
 from vitkit.outputs.files import NO_SPACE, NOT_WRITABLE, get_write_failure_kind
 
 DB_NAME = "index.sqlite"
@@ -164,6 +164,20 @@ def has_failures_table(conn: sqlite3.Connection) -> bool:
 def not_an_index(folder: Path) -> IndexSchemaError:
     return IndexSchemaError(f"{folder / DB_NAME} is not a vitkit index",
                             hint="point --index (index_dir= in Python) at another folder")
+
+
+def mismatch(folder: Path, meta: Meta, model_key: str, dim: int | None, model_ref: str | None,
+             verb: str) -> IndexModelMismatchError:
+    """The message names the vector spaces; the hint names a --model value that works for the index."""
+    same_key = meta.model_key == model_key
+    old = f"{meta.model_key} (dim {meta.dim})" if same_key else meta.model_key
+    new = f"{model_key} (dim {dim})" if same_key else model_key
+    ref = meta.model_ref or reference_for_key(meta.model_key)
+    use_old = f"{verb} with --model {ref} (model={ref!r} in Python), " if ref != model_ref and not same_key else ""
+    return IndexModelMismatchError(
+        f"index {folder} was built with {old}, not {new}",
+        hint=f"{use_old}pass --rebuild (rebuild=True) to re-embed everything with the new model, "
+             f"or use another --index DIR (index_dir=) for a separate index")
 
 
 def open_error(folder: Path, error: sqlite3.DatabaseError) -> IndexError_:

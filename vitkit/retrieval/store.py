@@ -4,6 +4,7 @@ An index folder holds:
   index.sqlite   what each file is (see schema.py), in WAL mode so readers never wait for the writer
   vectors.f16    the vector rows (see vectors.py)
   index.lock     the writer's flock (see lock.py)
+  ann.faiss      the approximate index, derived (see ann.py); ann.lock is held while it is saved
 
 Crash safety rests on one ordering: vector bytes are fsynced before the SQLite transaction that refers
 to their rows commits. A kill at any moment leaves either rows nothing refers to (harmless garbage) or
@@ -18,21 +19,23 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError
 from vitkit.retrieval import ann, approximate, direct
 from vitkit.retrieval.exact import Hit, Snapshot, search_snapshot
-from vitkit.retrieval.lock import WriterLock
+from vitkit.retrieval.lock import ANN_LOCK_NAME, WriterLock
 from vitkit.retrieval.plan import FileState
 from vitkit.retrieval.schema import (
-    DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, has_row_index, no_index,
-    open_error, read_meta, reference_for_key, transaction,
+    DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, has_row_index, mismatch,
+    no_index, open_error, read_meta, reference_for_key, transaction,
 )
 from vitkit.retrieval.vectors import VECTOR_DTYPE, map_vectors, normalised, vectors_file_name
 
 _SNAPSHOT_TRIES = 3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,20 +93,6 @@ def open_reader(folder: str | Path, model_key: str | None = None, model_ref: str
         index.close()
         raise mismatch(folder, meta, model_key, None, model_ref, "search")
     return index
-
-
-def mismatch(folder: Path, meta: Meta, model_key: str, dim: int | None, model_ref: str | None,
-             verb: str) -> IndexModelMismatchError:
-    """The message names the vector spaces; the hint names a --model value that works for the index."""
-    same_key = meta.model_key == model_key
-    old = f"{meta.model_key} (dim {meta.dim})" if same_key else meta.model_key
-    new = f"{model_key} (dim {dim})" if same_key else model_key
-    ref = meta.model_ref or reference_for_key(meta.model_key)
-    use_old = f"{verb} with --model {ref} (model={ref!r} in Python), " if ref != model_ref and not same_key else ""
-    return IndexModelMismatchError(
-        f"index {folder} was built with {old}, not {new}",
-        hint=f"{use_old}pass --rebuild (rebuild=True) to re-embed everything with the new model, "
-             f"or use another --index DIR (index_dir=) for a separate index")
 
 
 class IndexReader:
@@ -206,6 +195,19 @@ class IndexReader:
         self._rows_cache = direct.RowsView(version, meta.generation, index, appended, signature)
         return self._rows_cache
 
+    def read_consistently(self, read: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
+        """The latest committed state and what `read` reads of it (through this reader's methods), in
+        one read transaction: the files `read` finds are the snapshot's, as they are in it."""
+        for _ in range(_SNAPSHOT_TRIES):
+            with transaction(self._conn, "BEGIN"):
+                read_meta(self._conn, self.folder)  # the transaction's state is fixed from its first read
+                try:
+                    snapshot = self._snapshot()
+                except _VectorFileReplaced:
+                    continue
+                return snapshot, read(snapshot)
+        raise damaged(self.folder, "its vector file keeps disappearing")
+
     def snapshot(self) -> Snapshot:
         """The latest committed state: sorted paths, their vector rows and the mapped vector file
         (for code that reads the vectors themselves, such as dedup)."""
@@ -233,14 +235,17 @@ class IndexReader:
         return view.index
 
     def _persist_ann(self, index: ann.AnnIndex) -> None:
-        """Save an ANN index this reader had to rebuild or sync, unless a writer holds the lock (it
-        saves its own when it closes)."""
+        """Save an ANN index this reader had to rebuild or sync, unless another process is saving one.
+        Not when a compaction or rebuild has started a new generation since: that writer's file must
+        not be replaced by one every later search would rebuild. An older file of the current generation
+        is safe (see ann.py: it costs speed, never correctness)."""
         try:
-            lock = WriterLock.acquire(self.folder)
+            lock = WriterLock.acquire(self.folder, name=ANN_LOCK_NAME)
         except (IndexLockedError, OSError):
             return
         try:
-            ann.save(self.folder, index)
+            if read_meta(self._conn, self.folder).generation == index.header.generation:
+                ann.save(self.folder, index)
         except OSError:
             pass  # a read-only index folder: searching still works, from the copy in memory
         finally:
@@ -271,6 +276,8 @@ class IndexReader:
                 paths, rows = _paths_and_rows(self._conn)
             vectors = self._vectors_of(meta)
             if vectors is None:
+                if self._conn.in_transaction:  # the caller's transaction would show the same state again
+                    raise _VectorFileReplaced
                 continue  # a rebuild or compact replaced the file after our snapshot; take a new one
             if len(rows) and rows.max() >= len(vectors):
                 raise damaged(self.folder, f"row {rows.max()} is in use but the vector file has {len(vectors)} rows")
@@ -363,6 +370,10 @@ def _paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
     if joined_paths is None:
         return [], np.zeros(0, dtype=np.int64)
     return joined_paths.decode().split("\0"), np.fromstring(joined_rows, dtype=np.int64, sep=",")
+
+
+class _VectorFileReplaced(Exception):
+    """A rebuild or compact replaced the vector file that a read transaction's state names."""
 
 
 def _warn_on_stderr(text: str) -> None:

@@ -16,20 +16,21 @@ from vitkit.errors import IndexError_, IndexModelMismatchError
 from vitkit.retrieval import ann
 from vitkit.retrieval.approximate import ann_min_files
 from vitkit.retrieval.exact import folders, prefix_range
-from vitkit.retrieval.lock import WriterLock
+from vitkit.retrieval.lock import ANN_LOCK_NAME, WriterLock
 from vitkit.retrieval.plan import FileState, UpdatePlan, is_storable, plan_update
 from vitkit.retrieval.schema import (
-    DB_NAME, SQL_BATCH, Meta, check_version, connect, create_row_index, create_schema, damaged, migrate, no_index,
-    open_error,
+    DB_NAME, SQL_BATCH, Meta, check_version, connect, create_row_index, create_schema, damaged, migrate, mismatch,
+    no_index, open_error,
     read_meta, transaction, write_errors, write_meta,
 )
-from vitkit.retrieval.store import Entry, Failure, IndexReader, mismatch
+from vitkit.retrieval.store import Entry, Failure, IndexReader
 from vitkit.retrieval.vectors import (
     VECTOR_DTYPE, VectorFile, copy_rows, create_empty, fsync_dir, map_vectors, normalised, remove_other_generations,
     vectors_file_name,
 )
 
 DEAD_FRACTION_TO_COMPACT = 0.5  # after an update, compact once more than this share of the vector file is dead
+ANN_SAVE_WAIT_SECONDS = 120.0  # a search saving the ANN file holds its lock for about a second at 1M rows
 
 _UPSERT_FILE = """INSERT INTO files (path, size, mtime_ns, content_hash, row, width, height)
     VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -330,7 +331,11 @@ class IndexWriter(IndexReader):
                                         self._meta.generation, (lambda _: None) if expected else self.warn,
                                         warn_missing=False)
             if changed:
-                ann.save(self.folder, index)
+                lock = WriterLock.acquire(self.folder, ANN_SAVE_WAIT_SECONDS, name=ANN_LOCK_NAME)
+                try:
+                    ann.save(self.folder, index)
+                finally:
+                    lock.release()
         self._changed = False
 
     def close(self, sync_ann: bool = True) -> None:
