@@ -4,7 +4,9 @@
 parameters and a checksum) and the serialised faiss index, whose ids are vector ROWS (vectors.row).
 It is never the source of truth. Whoever uses it compares its rows with the live rows of the current
 SQLite snapshot: rows it holds that are no longer live are dropped, live rows it lacks are scored
-exactly, and every candidate is re-ranked from the float16 vectors. So a kill between a commit and the
+exactly, and every candidate is re-ranked from the float16 vectors (a search of every file does the
+same without listing the live rows: dead candidates have no file to look up, and the live rows it
+lacks are the rows from `covers` on, see direct.py). So a kill between a commit and the
 ANN write (or a reader holding an older ANN file) costs speed, never correctness. Rows are append-only
 within a generation (a row's vector never changes), and compaction or --rebuild starts a new
 generation, which the header names: an ANN file of another generation is rebuilt, not trusted.

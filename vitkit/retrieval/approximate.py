@@ -3,6 +3,9 @@ snapshot (a row no file refers to any more is dropped) and re-ranked exactly fro
 
 Used when the index holds at least `ann_min_files()` files (below that, exact search is faster) and
 not asked for exact results; a folder restriction holding fewer files than that is searched exactly.
+A search of every file measures the index by its used vector rows instead, and maps candidates to
+files without a snapshot (direct.py); this module serves folder restrictions, dedup, and indexes
+without the row index.
 """
 
 from __future__ import annotations

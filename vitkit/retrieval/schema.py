@@ -12,6 +12,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from vitkit.errors import IndexError_, IndexModelMismatchError, IndexSchemaError
 from vitkit.outputs.files import NO_SPACE, NOT_WRITABLE, get_write_failure_kind
 
@@ -156,6 +158,22 @@ def write_meta(conn: sqlite3.Connection, meta: Meta) -> None:
 def has_failures_table(conn: sqlite3.Connection) -> bool:
     # A reader may open an index a writer of schema 1 made; only writers migrate.
     return conn.execute("PRAGMA user_version").fetchone()[0] >= 2
+
+
+def paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
+    """Every file's path, sorted, and its vector row. SQLite joins them into two strings (~2x faster at
+    1M files than a million row tuples); the ORDER BY subquery is not flattened into an aggregate, so
+    the strings follow it. Paths cannot hold NUL. Past SQLite's string limit, rows come one by one."""
+    query = ("SELECT CAST(group_concat(path, char(0)) AS BLOB), group_concat(row) "
+             "FROM (SELECT path, row FROM files ORDER BY path)")
+    try:
+        joined_paths, joined_rows = conn.execute(query).fetchone()
+    except sqlite3.DataError:  # SQLITE_TOOBIG
+        pairs = conn.execute("SELECT path, row FROM files ORDER BY path").fetchall()
+        return [path for path, _ in pairs], np.fromiter((row for _, row in pairs), dtype=np.int64, count=len(pairs))
+    if joined_paths is None:
+        return [], np.zeros(0, dtype=np.int64)
+    return joined_paths.decode().split("\0"), np.fromstring(joined_rows, dtype=np.int64, sep=",")
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,7 +30,7 @@ from vitkit.retrieval.lock import ANN_LOCK_NAME, WriterLock
 from vitkit.retrieval.plan import FileState
 from vitkit.retrieval.schema import (
     DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, has_row_index, mismatch,
-    no_index, open_error, read_meta, reference_for_key, transaction,
+    no_index, open_error, paths_and_rows, read_meta, reference_for_key, transaction,
 )
 from vitkit.retrieval.vectors import VECTOR_DTYPE, map_vectors, normalised, vectors_file_name
 
@@ -107,6 +107,7 @@ class IndexReader:
         self._searched_version: int | None = None  # data_version of the last search without a snapshot
         self._ann_cache: approximate.AnnView | None = None
         self._rows_cache: direct.RowsView | None = None
+        self._mapped: tuple[int, np.ndarray] | None = None  # (generation, its vector file mapped)
         self._row_index = has_row_index(conn)  # else (an index no writer has opened since) snapshots serve
         self.warn: Callable[[str], None] = _warn_on_stderr  # search sets the command's reporter instead
 
@@ -145,8 +146,9 @@ class IndexReader:
         # exact search directly instead of a second pass through SQLite.
         cached = self._snapshot_cache is not None and self._snapshot_cache.data_version == version
         if len(q) == 1 and not cached and self._searched_version != version:
-            # The first search of a committed state asks SQLite for the few files it needs (one scan per
-            # query) instead of loading every path (~0.5 s at 1M files); the next search loads them.
+            # A folder restriction (or an index without the row index): the first search of a committed
+            # state asks SQLite for the few files it needs instead of loading every path (~0.5 s at 1M
+            # files); the next search loads them, for the cheap folder ranges of a sorted list.
             self._searched_version = version
             with transaction(self._conn, "BEGIN"):
                 vectors = self._vectors_of(read_meta(self._conn, self.folder))
@@ -161,10 +163,10 @@ class IndexReader:
         must be rebuilt or synced (which needs every live row)."""
         with transaction(self._conn, "BEGIN"):
             meta = read_meta(self._conn, self.folder)
-            vectors = self._vectors_of(meta)
+            size = direct.used_rows(self._conn)
+            vectors = self._mapped_vectors(meta, size)
             if vectors is None:
                 return None
-            size = direct.used_rows(self._conn)
             if not exact and size >= approximate.ann_min_files():
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 view = self._rows_view(meta, version, size)
@@ -174,6 +176,15 @@ class IndexReader:
                 if hits is not None:
                     return hits
             return direct.search_exact(self._conn, vectors, queries, k, threshold, None)
+
+    def _mapped_vectors(self, meta: Meta, rows: int) -> np.ndarray | None:
+        """The vector file mapped once, and again only when it has grown past the map or was replaced:
+        a new map per search costs its page faults again (~3 ms a search at 1M)."""
+        if self._mapped is not None and self._mapped[0] == meta.generation and len(self._mapped[1]) >= rows:
+            return self._mapped[1]
+        vectors = self._vectors_of(meta)
+        self._mapped = None if vectors is None else (meta.generation, vectors)
+        return vectors
 
     def _rows_view(self, meta: Meta, version: int, size: int) -> direct.RowsView | None:
         """The ANN index for this committed state: the one in memory, or the saved one when it is new or
@@ -194,6 +205,12 @@ class IndexReader:
             return None
         self._rows_cache = direct.RowsView(version, meta.generation, index, appended, signature)
         return self._rows_cache
+
+    def _forget_cached_state(self) -> None:
+        """After this connection's own commit, which PRAGMA data_version does not count."""
+        self._snapshot_cache = None
+        if self._rows_cache is not None:  # its ANN index stays; its appended rows are read again
+            self._rows_cache = replace(self._rows_cache, data_version=-1)
 
     def read_consistently(self, read: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
         """The latest committed state and what `read` reads of it (through this reader's methods), in
@@ -273,7 +290,7 @@ class IndexReader:
         for _ in range(_SNAPSHOT_TRIES):
             with transaction(self._conn, "BEGIN"):  # meta and rows from one committed state
                 meta = read_meta(self._conn, self.folder)
-                paths, rows = _paths_and_rows(self._conn)
+                paths, rows = paths_and_rows(self._conn)
             vectors = self._vectors_of(meta)
             if vectors is None:
                 if self._conn.in_transaction:  # the caller's transaction would show the same state again
@@ -348,28 +365,13 @@ class IndexReader:
         self._snapshot_cache = None
         self._ann_cache = None
         self._rows_cache = None
+        self._mapped = None
 
     def __enter__(self) -> IndexReader:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def _paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
-    """Every file's path, sorted, and its vector row. SQLite joins them into two strings (~2x faster at
-    1M files than a million row tuples); the ORDER BY subquery is not flattened into an aggregate, so
-    the strings follow it. Paths cannot hold NUL. Past SQLite's string limit, rows come one by one."""
-    query = ("SELECT CAST(group_concat(path, char(0)) AS BLOB), group_concat(row) "
-             "FROM (SELECT path, row FROM files ORDER BY path)")
-    try:
-        joined_paths, joined_rows = conn.execute(query).fetchone()
-    except sqlite3.DataError:  # SQLITE_TOOBIG
-        pairs = conn.execute("SELECT path, row FROM files ORDER BY path").fetchall()
-        return [path for path, _ in pairs], np.fromiter((row for _, row in pairs), dtype=np.int64, count=len(pairs))
-    if joined_paths is None:
-        return [], np.zeros(0, dtype=np.int64)
-    return joined_paths.decode().split("\0"), np.fromstring(joined_rows, dtype=np.int64, sep=",")
 
 
 class _VectorFileReplaced(Exception):

@@ -180,7 +180,7 @@ class IndexWriter(IndexReader):
                                                          else sizes.get(e.content_hash, (None, None))))
                                                       for e in entries])
                 self._conn.executemany("DELETE FROM failures WHERE path = ?", [(e.state.path,) for e in entries])
-        self._snapshot_cache = None
+        self._forget_cached_state()
         self._changed = self._changed or bool(entries)
 
     def _rows_without_files(self, rows: dict[str, int]) -> dict[str, int]:
@@ -222,14 +222,14 @@ class IndexWriter(IndexReader):
         with write_errors(self.folder), transaction(self._conn):
             self._conn.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in cleared])
             removed = self._conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in doomed]).rowcount
-        self._snapshot_cache = None
+        self._forget_cached_state()
         self._changed = self._changed or bool(doomed)
         return max(removed, 0)
 
     def remove_paths(self, paths: Iterable[str]) -> int:
         with write_errors(self.folder), transaction(self._conn):
             cursor = self._conn.executemany("DELETE FROM files WHERE path = ?", [(os.path.abspath(p),) for p in paths])
-        self._snapshot_cache = None
+        self._forget_cached_state()
         self._changed = True
         return max(cursor.rowcount, 0)
 
@@ -305,7 +305,7 @@ class IndexWriter(IndexReader):
         self._changed = True
         self._file.close()
         self._file = None
-        self._snapshot_cache = None
+        self._forget_cached_state()
         with write_errors(self.folder):
             self._open_vector_file()  # also deletes the old file
         return total - len(live)
