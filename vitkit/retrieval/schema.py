@@ -1,7 +1,8 @@
 """The SQLite side of an index: schema and migrations, connections, transactions, and what a failed write means.
 
 `index.sqlite` is in WAL mode, so readers never wait for the writer. Each schema change is a numbered
-migration run in one transaction with `PRAGMA user_version`, so a database is always at one version.
+migration run in one transaction with `PRAGMA user_version`, so a database is always at one version
+(the row index is not one: see ROW_INDEX).
 """
 
 from __future__ import annotations

@@ -20,8 +20,7 @@ from vitkit.retrieval.lock import ANN_LOCK_NAME, WriterLock
 from vitkit.retrieval.plan import FileState, UpdatePlan, is_storable, plan_update
 from vitkit.retrieval.schema import (
     DB_NAME, SQL_BATCH, Meta, check_version, connect, create_row_index, create_schema, damaged, migrate, mismatch,
-    no_index, open_error,
-    read_meta, transaction, write_errors, write_meta,
+    no_index, open_error, read_meta, transaction, write_errors, write_meta,
 )
 from vitkit.retrieval.store import Entry, Failure, IndexReader
 from vitkit.retrieval.vectors import (
@@ -186,7 +185,7 @@ class IndexWriter(IndexReader):
     def _rows_without_files(self, rows: dict[str, int]) -> dict[str, int]:
         """content hash -> its stored row, for the rows no file refers to. Content that comes back gets
         a new row (a copy of its vector) instead: within a generation a dead row stays dead, so the ANN
-        file's rows plus the rows past it are every live row (see approximate.py), without a scan."""
+        file's rows plus the rows past it are every live row (see direct.py), without a scan."""
         if not rows:
             return {}
         found = self._conn.execute("SELECT DISTINCT row FROM files WHERE row IN (SELECT value FROM json_each(?))",
