@@ -3,6 +3,9 @@ snapshot (a row no file refers to any more is dropped) and re-ranked exactly fro
 
 Used when the index holds at least `ann_min_files()` files (below that, exact search is faster) and
 not asked for exact results; a folder restriction holding fewer files than that is searched exactly.
+A search of every file measures the index by its used vector rows instead, and maps candidates to
+files without a snapshot (direct.py); this module serves folder restrictions, dedup, and indexes
+without the row index.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ POOL = 500
 MIN_SCANNED = 50_000
 # A reader syncs its ANN copy in memory (and saves it, if no writer holds the lock) once this share of
 # the live rows is missing from it or dead in it; fewer are scored exactly or dropped at each query.
-_SYNC_FRACTION = 0.05
+SYNC_FRACTION = 0.05
+SYNC_MIN_ROWS = 1_000
 
 
 def ann_min_files() -> int:
@@ -133,4 +137,4 @@ def _far_from(rows: np.ndarray, live_mask: np.ndarray, live_count: int) -> bool:
     inside = rows < len(live_mask)
     both = int(live_mask[rows[inside]].sum())
     differing = len(rows) + live_count - 2 * both
-    return differing > max(1_000, _SYNC_FRACTION * live_count)
+    return differing > max(SYNC_MIN_ROWS, SYNC_FRACTION * live_count)

@@ -100,8 +100,7 @@ def find_duplicates(folders: Sequence[str], threshold: float = DEFAULT_THRESHOLD
     with open_reader(indexed.folder, get_model_key(indexed.spec), get_model_ref(indexed.spec)) as index:
         if reporter is not None:
             index.warn = lambda text: reporter.message(f"warning: {text}")
-        snapshot = index.snapshot()  # one committed state for the files, their rows and the ANN index
-        catalogue = read_catalogue(index, under, snapshot)
+        snapshot, catalogue = read_catalogue(index, under)  # the ANN index follows that snapshot too
         hashes = PerceptualHashes(_PathOfItem(catalogue))
         groups = group_duplicates(catalogue, threshold, keep, hashes, neighbour_search(index, snapshot, catalogue))
     return DedupResult(groups, indexed.counts, len(catalogue.paths), hashes.failed)
@@ -116,12 +115,17 @@ def neighbour_search(index: IndexReader, snapshot: Snapshot,
     return lambda vectors, rows: AnnNeighbours(vectors, rows, ann_index)
 
 
-def read_catalogue(index: IndexReader, under: Sequence[str] | None, snapshot: Snapshot | None = None) -> Catalogue:
-    snapshot = snapshot or index.snapshot()
+def read_catalogue(index: IndexReader, under: Sequence[str] | None) -> tuple[Snapshot, Catalogue]:
+    """The files in scope and their details, from one committed state (one read transaction), with
+    the snapshot of that state."""
+    return index.read_consistently(lambda snapshot: _catalogue_of(index, under, snapshot))
+
+
+def _catalogue_of(index: IndexReader, under: Sequence[str] | None, snapshot: Snapshot) -> Catalogue:
     chosen = np.flatnonzero(inside_mask(snapshot, under)) if under is not None else np.arange(len(snapshot.paths))
     paths = [snapshot.paths[i] for i in chosen]
     entries = index.stored_entries(paths)
-    # A file removed since the snapshot has no entry: it is left out.
+    # Read in the snapshot's own transaction, so every path has its entry; kept as a guard.
     kept = [i for i, path in enumerate(paths) if path in entries]
     paths = [paths[i] for i in kept]
     rows = snapshot.rows[chosen[kept]] if len(kept) else np.empty(0, dtype=np.int64)

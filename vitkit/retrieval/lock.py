@@ -1,4 +1,6 @@
-"""The writer lock: one `flock` per index folder, so only one process changes an index at a time."""
+"""The writer lock: one `flock` per index folder, so only one process changes an index at a time; and
+the ANN lock, held only while `ann.faiss` is written, so a search saving the ANN file it had to rebuild
+never keeps a writer out (nor two saves write the same temporary file)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from vitkit.errors import IndexLockedError
 
 LOCK_NAME = "index.lock"
+ANN_LOCK_NAME = "ann.lock"
 _POLL_SECONDS = 0.05
 
 
@@ -21,8 +24,8 @@ class WriterLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, folder: Path, wait_seconds: float = 0.0) -> WriterLock:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    def acquire(cls, folder: Path, wait_seconds: float = 0.0, name: str = LOCK_NAME) -> WriterLock:
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + max(0.0, wait_seconds)
         while True:
             try:

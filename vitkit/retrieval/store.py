@@ -4,6 +4,7 @@ An index folder holds:
   index.sqlite   what each file is (see schema.py), in WAL mode so readers never wait for the writer
   vectors.f16    the vector rows (see vectors.py)
   index.lock     the writer's flock (see lock.py)
+  ann.faiss      the approximate index, derived (see ann.py); ann.lock is held while it is saved
 
 Crash safety rests on one ordering: vector bytes are fsynced before the SQLite transaction that refers
 to their rows commits. A kill at any moment leaves either rows nothing refers to (harmless garbage) or
@@ -13,29 +14,28 @@ Readers touch only rows their SQLite snapshot refers to, so they can search whil
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from vitkit.errors import IndexError_, IndexLockedError, IndexModelMismatchError
-from vitkit.retrieval import ann, approximate
-from vitkit.retrieval.exact import (
-    GATHER_SHARE, Hit, Snapshot, distinct_sorted, folders, prefix_range, search_rows, search_snapshot,
-)
-from vitkit.retrieval.lock import WriterLock
+from vitkit.retrieval import ann, approximate, direct
+from vitkit.retrieval.exact import Hit, Snapshot, search_snapshot
+from vitkit.retrieval.lock import ANN_LOCK_NAME, WriterLock
 from vitkit.retrieval.plan import FileState
 from vitkit.retrieval.schema import (
-    DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, no_index, open_error,
-    read_meta, reference_for_key, transaction,
+    DB_NAME, Meta, batches, check_version, connect, damaged, has_failures_table, has_row_index, mismatch,
+    no_index, open_error, paths_and_rows, read_meta, reference_for_key, transaction,
 )
 from vitkit.retrieval.vectors import VECTOR_DTYPE, map_vectors, normalised, vectors_file_name
 
 _SNAPSHOT_TRIES = 3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -95,20 +95,6 @@ def open_reader(folder: str | Path, model_key: str | None = None, model_ref: str
     return index
 
 
-def mismatch(folder: Path, meta: Meta, model_key: str, dim: int | None, model_ref: str | None,
-             verb: str) -> IndexModelMismatchError:
-    """The message names the vector spaces; the hint names a --model value that works for the index."""
-    same_key = meta.model_key == model_key
-    old = f"{meta.model_key} (dim {meta.dim})" if same_key else meta.model_key
-    new = f"{model_key} (dim {dim})" if same_key else model_key
-    ref = meta.model_ref or reference_for_key(meta.model_key)
-    use_old = f"{verb} with --model {ref} (model={ref!r} in Python), " if ref != model_ref and not same_key else ""
-    return IndexModelMismatchError(
-        f"index {folder} was built with {old}, not {new}",
-        hint=f"{use_old}pass --rebuild (rebuild=True) to re-embed everything with the new model, "
-             f"or use another --index DIR (index_dir=) for a separate index")
-
-
 class IndexReader:
     """One committed view of an index after another: each search sees the latest commit. Not for
     concurrent use from several threads; open one per thread instead."""
@@ -120,6 +106,9 @@ class IndexReader:
         self._snapshot_cache: Snapshot | None = None
         self._searched_version: int | None = None  # data_version of the last search without a snapshot
         self._ann_cache: approximate.AnnView | None = None
+        self._rows_cache: direct.RowsView | None = None
+        self._mapped: tuple[int, np.ndarray] | None = None  # (generation, its vector file mapped)
+        self._row_index = has_row_index(conn)  # else (an index no writer has opened since) snapshots serve
         self.warn: Callable[[str], None] = _warn_on_stderr  # search sets the command's reporter instead
 
     @property
@@ -143,6 +132,10 @@ class IndexReader:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         q = normalised(np.atleast_2d(queries), self.dim)
+        if under is None and self._row_index:
+            hits = self._search_by_rows(q, k, threshold, exact)
+            if hits is not None:
+                return hits
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         if not exact and self._file_count(version) >= approximate.ann_min_files():
             snapshot = self._snapshot()
@@ -153,43 +146,84 @@ class IndexReader:
         # exact search directly instead of a second pass through SQLite.
         cached = self._snapshot_cache is not None and self._snapshot_cache.data_version == version
         if len(q) == 1 and not cached and self._searched_version != version:
-            # The first search of a committed state asks SQLite for the few files it needs (one scan per
-            # query) instead of loading every path (~0.5 s at 1M files); the next search loads them.
+            # A folder restriction (or an index without the row index): the first search of a committed
+            # state asks SQLite for the few files it needs instead of loading every path (~0.5 s at 1M
+            # files); the next search loads them, for the cheap folder ranges of a sorted list.
             self._searched_version = version
-            hits = self._search_without_snapshot(q, k, threshold, under)
-            if hits is not None:
-                return hits
+            with transaction(self._conn, "BEGIN"):
+                vectors = self._vectors_of(read_meta(self._conn, self.folder))
+                if vectors is not None:  # else a rebuild or compact replaced the file: take a snapshot
+                    return direct.search_exact(self._conn, vectors, q, k, threshold, under)
         return search_snapshot(self._snapshot(), q, k, threshold, under)
 
-    def _search_without_snapshot(self, queries: np.ndarray, k: int, threshold: float | None,
-                                 under: Sequence[str] | None) -> list[list[Hit]] | None:
-        """Search the vector rows of files in `under` (or every row), looking up files by row in the same
-        read transaction (so every path is in that committed state); None when a rebuild or compact
-        replaced the vector file."""
-        inside, bounds = _path_filter(under)
+    def _search_by_rows(self, queries: np.ndarray, k: int, threshold: float | None,
+                        exact: bool) -> list[list[Hit]] | None:
+        """Search every file without a snapshot (see direct.py), in one read transaction; None when the
+        snapshot's path must answer: a rebuild or compact replaced the vector file, or the ANN file
+        must be rebuilt or synced (which needs every live row)."""
         with transaction(self._conn, "BEGIN"):
             meta = read_meta(self._conn, self.folder)
-            vectors = self._vectors_of(meta)
+            size = direct.used_rows(self._conn)
+            vectors = self._mapped_vectors(meta, size)
             if vectors is None:
                 return None
+            if not exact and size >= approximate.ann_min_files():
+                version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                view = self._rows_view(meta, version, size)
+                if view is None:
+                    return None
+                hits = direct.search_ann(self._conn, vectors, view, queries, k, threshold)
+                if hits is not None:
+                    return hits
+            return direct.search_exact(self._conn, vectors, queries, k, threshold, None)
 
-            scope = None
-            if under is not None:
-                scope = _rows_under(self._conn, inside, bounds)
-                if len(scope) == 0:
-                    return [[] for _ in range(len(queries))]
-                if len(scope) > GATHER_SHARE * len(vectors):
-                    scope = None  # cheaper to read the whole file in order; lookups keep to the folders
-            either = " OR ".join(f"({clause})" for clause in inside) or "1"
-            query = f"SELECT path, row FROM files WHERE row IN (SELECT value FROM json_each(?)) AND ({either})"
-            values = tuple(value for clause in bounds for value in clause)
+    def _mapped_vectors(self, meta: Meta, rows: int) -> np.ndarray | None:
+        """The vector file mapped once, and again only when it has grown past the map or was replaced:
+        a new map per search costs its page faults again (~3 ms a search at 1M)."""
+        if self._mapped is not None and self._mapped[0] == meta.generation and len(self._mapped[1]) >= rows:
+            return self._mapped[1]
+        vectors = self._vectors_of(meta)
+        self._mapped = None if vectors is None else (meta.generation, vectors)
+        return vectors
 
-            def lookup(rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
-                # One scan of `files` (no index by row): ~0.1 s at 1M files, done once per search.
-                found = self._conn.execute(query, (json.dumps(rows.tolist()), *values)).fetchall()
-                return np.array([row for _, row in found], dtype=np.int64), [path for path, _ in found]
+    def _rows_view(self, meta: Meta, version: int, size: int) -> direct.RowsView | None:
+        """The ANN index for this committed state: the one in memory, or the saved one when it is new or
+        has been saved again since; None when it cannot serve (see _search_by_rows)."""
+        previous = self._rows_cache
+        if previous is not None and (previous.data_version, previous.generation) == (version, meta.generation):
+            return previous
+        index = previous.index if previous is not None and previous.generation == meta.generation else None
+        signature = ann.file_signature(self.folder)
+        if index is None or signature != previous.signature:
+            index = ann.load(self.folder, self.model_key, self.dim, meta.generation)[0] or index
+        if index is None and self._ann_cache is not None and self._ann_cache.index.header.generation == meta.generation:
+            index = self._ann_cache.index  # rebuilt from a snapshot, and not saved (a read-only folder)
+        if index is None or index.needs_retraining(size):
+            return None
+        appended = direct.live_rows_from(self._conn, index.covers)
+        if len(appended) > max(approximate.SYNC_MIN_ROWS, approximate.SYNC_FRACTION * size):
+            return None
+        self._rows_cache = direct.RowsView(version, meta.generation, index, appended, signature)
+        return self._rows_cache
 
-            return search_rows(vectors, scope, lookup, queries, k, threshold)
+    def _forget_cached_state(self) -> None:
+        """After this connection's own commit, which PRAGMA data_version does not count."""
+        self._snapshot_cache = None
+        if self._rows_cache is not None:  # its ANN index stays; its appended rows are read again
+            self._rows_cache = replace(self._rows_cache, data_version=-1)
+
+    def read_consistently(self, read: Callable[[Snapshot], T]) -> tuple[Snapshot, T]:
+        """The latest committed state and what `read` reads of it (through this reader's methods), in
+        one read transaction: the files `read` finds are the snapshot's, as they are in it."""
+        for _ in range(_SNAPSHOT_TRIES):
+            with transaction(self._conn, "BEGIN"):
+                read_meta(self._conn, self.folder)  # the transaction's state is fixed from its first read
+                try:
+                    snapshot = self._snapshot()
+                except _VectorFileReplaced:
+                    continue
+                return snapshot, read(snapshot)
+        raise damaged(self.folder, "its vector file keeps disappearing")
 
     def snapshot(self) -> Snapshot:
         """The latest committed state: sorted paths, their vector rows and the mapped vector file
@@ -218,14 +252,17 @@ class IndexReader:
         return view.index
 
     def _persist_ann(self, index: ann.AnnIndex) -> None:
-        """Save an ANN index this reader had to rebuild or sync, unless a writer holds the lock (it
-        saves its own when it closes)."""
+        """Save an ANN index this reader had to rebuild or sync, unless another process is saving one.
+        Not when a compaction or rebuild has started a new generation since: that writer's file must
+        not be replaced by one every later search would rebuild. An older file of the current generation
+        is safe (see ann.py: it costs speed, never correctness)."""
         try:
-            lock = WriterLock.acquire(self.folder)
+            lock = WriterLock.acquire(self.folder, name=ANN_LOCK_NAME)
         except (IndexLockedError, OSError):
             return
         try:
-            ann.save(self.folder, index)
+            if read_meta(self._conn, self.folder).generation == index.header.generation:
+                ann.save(self.folder, index)
         except OSError:
             pass  # a read-only index folder: searching still works, from the copy in memory
         finally:
@@ -253,9 +290,11 @@ class IndexReader:
         for _ in range(_SNAPSHOT_TRIES):
             with transaction(self._conn, "BEGIN"):  # meta and rows from one committed state
                 meta = read_meta(self._conn, self.folder)
-                paths, rows = _paths_and_rows(self._conn)
+                paths, rows = paths_and_rows(self._conn)
             vectors = self._vectors_of(meta)
             if vectors is None:
+                if self._conn.in_transaction:  # the caller's transaction would show the same state again
+                    raise _VectorFileReplaced
                 continue  # a rebuild or compact replaced the file after our snapshot; take a new one
             if len(rows) and rows.max() >= len(vectors):
                 raise damaged(self.folder, f"row {rows.max()} is in use but the vector file has {len(vectors)} rows")
@@ -325,6 +364,8 @@ class IndexReader:
         self._conn.close()
         self._snapshot_cache = None
         self._ann_cache = None
+        self._rows_cache = None
+        self._mapped = None
 
     def __enter__(self) -> IndexReader:
         return self
@@ -333,44 +374,8 @@ class IndexReader:
         self.close()
 
 
-def _path_filter(under: Sequence[str] | None) -> tuple[list[str], list[tuple[str, ...]]]:
-    """SQL conditions (and their values) for files that are one of `under` or inside one of them."""
-    if under is None:
-        return [], []
-    inside: list[str] = []
-    bounds: list[tuple[str, ...]] = []
-    for folder in folders(under):
-        exact, lo, hi = prefix_range(folder)
-        inside += ["path = ?", "path >= ? AND path < ?"]
-        bounds += [(exact,), (lo, hi)]
-    return inside, bounds
-
-
-def _rows_under(conn: sqlite3.Connection, inside: list[str], bounds: list[tuple[str, ...]]) -> np.ndarray:
-    """The distinct vector rows of the files matching any condition, sorted. Each condition is its own
-    query so that it uses the path index: the cost follows the folders' size, not the index's."""
-    found = [np.zeros(0, dtype=np.int64)]
-    for clause, values in zip(inside, bounds):
-        joined = conn.execute(f"SELECT group_concat(row) FROM files WHERE {clause}", values).fetchone()[0]
-        if joined:
-            found.append(np.fromstring(joined, dtype=np.int64, sep=","))
-    return distinct_sorted(np.sort(np.concatenate(found)))
-
-
-def _paths_and_rows(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
-    """Every file's path, sorted, and its vector row. SQLite joins them into two strings (~2x faster at
-    1M files than a million row tuples); the ORDER BY subquery is not flattened into an aggregate, so
-    the strings follow it. Paths cannot hold NUL. Past SQLite's string limit, rows come one by one."""
-    query = ("SELECT CAST(group_concat(path, char(0)) AS BLOB), group_concat(row) "
-             "FROM (SELECT path, row FROM files ORDER BY path)")
-    try:
-        joined_paths, joined_rows = conn.execute(query).fetchone()
-    except sqlite3.DataError:  # SQLITE_TOOBIG
-        pairs = conn.execute("SELECT path, row FROM files ORDER BY path").fetchall()
-        return [path for path, _ in pairs], np.fromiter((row for _, row in pairs), dtype=np.int64, count=len(pairs))
-    if joined_paths is None:
-        return [], np.zeros(0, dtype=np.int64)
-    return joined_paths.decode().split("\0"), np.fromstring(joined_rows, dtype=np.int64, sep=",")
+class _VectorFileReplaced(Exception):
+    """A rebuild or compact replaced the vector file that a read transaction's state names."""
 
 
 def _warn_on_stderr(text: str) -> None:

@@ -16,18 +16,20 @@ from vitkit.errors import IndexError_, IndexModelMismatchError
 from vitkit.retrieval import ann
 from vitkit.retrieval.approximate import ann_min_files
 from vitkit.retrieval.exact import folders, prefix_range
-from vitkit.retrieval.lock import WriterLock
+from vitkit.retrieval.lock import ANN_LOCK_NAME, WriterLock
 from vitkit.retrieval.plan import FileState, UpdatePlan, is_storable, plan_update
 from vitkit.retrieval.schema import (
-    DB_NAME, SQL_BATCH, Meta, check_version, connect, create_schema, damaged, migrate, no_index, open_error,
-    read_meta, transaction, write_errors, write_meta,
+    DB_NAME, SQL_BATCH, Meta, check_version, connect, create_row_index, create_schema, damaged, migrate, mismatch,
+    no_index, open_error, read_meta, transaction, write_errors, write_meta,
 )
-from vitkit.retrieval.store import Entry, Failure, IndexReader, mismatch
+from vitkit.retrieval.store import Entry, Failure, IndexReader
 from vitkit.retrieval.vectors import (
-    VectorFile, copy_rows, create_empty, fsync_dir, normalised, remove_other_generations, vectors_file_name,
+    VECTOR_DTYPE, VectorFile, copy_rows, create_empty, fsync_dir, map_vectors, normalised, remove_other_generations,
+    vectors_file_name,
 )
 
 DEAD_FRACTION_TO_COMPACT = 0.5  # after an update, compact once more than this share of the vector file is dead
+ANN_SAVE_WAIT_SECONDS = 120.0  # a search saving the ANN file holds its lock for about a second at 1M rows
 
 _UPSERT_FILE = """INSERT INTO files (path, size, mtime_ns, content_hash, row, width, height)
     VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -102,6 +104,7 @@ def _prepare(conn: sqlite3.Connection, folder: Path, wanted: Meta, rebuild: bool
             elif wanted.model_ref and wanted.model_ref != meta.model_ref:
                 meta = replace(meta, model_ref=wanted.model_ref)  # the latest name that worked; older indexes had none
                 write_meta(conn, meta)
+        create_row_index(conn)
         create_empty(folder, meta.generation)
     return meta
 
@@ -146,6 +149,7 @@ class IndexWriter(IndexReader):
                 raise ValueError(f"cannot index {entry.state.path!r}: the file name is not valid UTF-8")
         rows = self.rows_for_hashes(list({entry.content_hash for entry in entries}))
         sizes = self._pixel_sizes({entry.content_hash for entry in entries if entry.width is None})
+        revived = self._rows_without_files(rows)
         new: list[Entry] = []
         for entry in entries:
             if entry.content_hash in rows:
@@ -156,20 +160,38 @@ class IndexWriter(IndexReader):
                 raise ValueError(f"the vector for {entry.state.path} has shape {np.shape(entry.vector)}, not ({self.dim},)")
             rows[entry.content_hash] = self._file.rows + len(new)
             new.append(entry)
+        appended = [normalised(np.stack([e.vector for e in new]), self.dim, [e.state.path for e in new])] if new else []
+        if revived:
+            # Stored bytes copied as they are (float16), so a revived file scores exactly as before.
+            appended.append(np.asarray(map_vectors(self._file.path, self.dim)[list(revived.values())]))
+            rows.update((digest, self._file.rows + len(new) + i) for i, digest in enumerate(revived))
         with write_errors(self.folder):
-            if new:
-                self._file.append(normalised(np.stack([e.vector for e in new]), self.dim, [e.state.path for e in new]))
+            if appended:
+                self._file.append(np.concatenate([block.astype(VECTOR_DTYPE) for block in appended]))
             with transaction(self._conn):
                 self._conn.executemany("INSERT INTO vectors (row, content_hash) VALUES (?, ?)",
                                        [(rows[e.content_hash], e.content_hash) for e in new])
+                self._conn.executemany("UPDATE vectors SET row = ? WHERE content_hash = ?",
+                                       [(rows[digest], digest) for digest in revived])
                 self._conn.executemany(_UPSERT_FILE, [(e.state.path, e.state.size, e.state.mtime_ns, e.content_hash,
                                                        rows[e.content_hash],
                                                        *((e.width, e.height) if e.width is not None
                                                          else sizes.get(e.content_hash, (None, None))))
                                                       for e in entries])
                 self._conn.executemany("DELETE FROM failures WHERE path = ?", [(e.state.path,) for e in entries])
-        self._snapshot_cache = None
+        self._forget_cached_state()
         self._changed = self._changed or bool(entries)
+
+    def _rows_without_files(self, rows: dict[str, int]) -> dict[str, int]:
+        """content hash -> its stored row, for the rows no file refers to. Content that comes back gets
+        a new row (a copy of its vector) instead: within a generation a dead row stays dead, so the ANN
+        file's rows plus the rows past it are every live row (see direct.py), without a scan."""
+        if not rows:
+            return {}
+        found = self._conn.execute("SELECT DISTINCT row FROM files WHERE row IN (SELECT value FROM json_each(?))",
+                                   (json.dumps(sorted(rows.values())),)).fetchall()
+        live = {row for (row,) in found}
+        return {digest: row for digest, row in rows.items() if row not in live}
 
     def _pixel_sizes(self, hashes: set[str]) -> dict[str, tuple[int, int]]:
         """content hash -> (width, height) as another file with that content has them. An entry reusing
@@ -199,14 +221,14 @@ class IndexWriter(IndexReader):
         with write_errors(self.folder), transaction(self._conn):
             self._conn.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in cleared])
             removed = self._conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in doomed]).rowcount
-        self._snapshot_cache = None
+        self._forget_cached_state()
         self._changed = self._changed or bool(doomed)
         return max(removed, 0)
 
     def remove_paths(self, paths: Iterable[str]) -> int:
         with write_errors(self.folder), transaction(self._conn):
             cursor = self._conn.executemany("DELETE FROM files WHERE path = ?", [(os.path.abspath(p),) for p in paths])
-        self._snapshot_cache = None
+        self._forget_cached_state()
         self._changed = True
         return max(cursor.rowcount, 0)
 
@@ -282,7 +304,7 @@ class IndexWriter(IndexReader):
         self._changed = True
         self._file.close()
         self._file = None
-        self._snapshot_cache = None
+        self._forget_cached_state()
         with write_errors(self.folder):
             self._open_vector_file()  # also deletes the old file
         return total - len(live)
@@ -298,7 +320,8 @@ class IndexWriter(IndexReader):
         """Bring the ANN index beside SQLite in line with the committed files (incrementally: the
         trained quantisers stay), when the index is big enough to search approximately."""
         snapshot = self._snapshot()
-        if not snapshot.paths or len(snapshot.paths) < ann_min_files():
+        # Both measures: the snapshot's searches count files, the first searches of a reader count rows.
+        if not snapshot.paths or max(len(snapshot.paths), int(snapshot.rows.max()) + 1) < ann_min_files():
             return
         # After this writer's own compaction or rebuild the old ANN file is expectedly out of date.
         expected = self._meta.generation != self._opened_generation
@@ -307,7 +330,11 @@ class IndexWriter(IndexReader):
                                         self._meta.generation, (lambda _: None) if expected else self.warn,
                                         warn_missing=False)
             if changed:
-                ann.save(self.folder, index)
+                lock = WriterLock.acquire(self.folder, ANN_SAVE_WAIT_SECONDS, name=ANN_LOCK_NAME)
+                try:
+                    ann.save(self.folder, index)
+                finally:
+                    lock.release()
         self._changed = False
 
     def close(self, sync_ann: bool = True) -> None:
