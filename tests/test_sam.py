@@ -245,6 +245,23 @@ def test_detect_masks_through_the_library_and_without_detections(tiny_sam_dir: P
         list(vitkit.detect(paths[:1], model=str(tiny_detr_dir), mask_model=str(tiny_sam_dir)))
 
 
+def test_detect_masks_on_the_contact_sheet_and_a_too_thin_image(tiny_sam_dir: Path, tiny_detr_dir: Path,
+                                                                  images: Path, tmp_path: Path) -> None:
+    """Masks are at the image's full size: the sheet's thumbnails shrink them. An image SAM's processor
+    cannot take (under one pixel wide once resized) is that input's clear error, the others carry on."""
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (3000, 1), (90, 120, 30)).save(thin)
+    sheet = tmp_path / "sheet.html"
+    result = runner.invoke(app, ["detect", str(images / "chelsea.jpg"), str(thin), "--model", str(tiny_detr_dir),
+                                 "--threshold", "0.3", "--masks", "--mask-model", str(tiny_sam_dir),
+                                 "--html", str(sheet), "-f", "jsonl"])
+    good, too_thin = parse_jsonl(result.stdout)
+    assert result.exit_code == 1 and good["detections"] and all("mask" in d for d in good["detections"])
+    assert too_thin["error"].startswith("a 3000x1 image is too thin for Segment Anything")
+    page = sheet.read_text()
+    assert page.count("data:image/jpeg;base64") == 1 and "no preview:" not in page
+
+
 # --- COCO RLE ------------------------------------------------------------------------------------
 
 def test_rle_is_cocos_compressed_form() -> None:

@@ -27,6 +27,8 @@ def tint_masks(canvas: Image.Image, detections: Sequence[dict[str, Any]]) -> Non
         if "mask" not in detection:
             continue
         mask = Image.fromarray(decode_mask(detection["mask"]))  # mode "1": where to tint
+        if mask.size != canvas.size:  # a thumbnail: the mask is at the image's full size
+            mask = mask.resize(canvas.size, Image.Resampling.NEAREST)
         solid = Image.new("RGB", canvas.size, colour_for(int(detection.get("class_id", 0))))
         canvas.paste(Image.blend(canvas, solid, MASK_ALPHA), (0, 0), mask)
 

@@ -19,6 +19,7 @@ from vitkit.errors import UsageError
 from vitkit.inputs.data import ImageMeta, Sample
 from vitkit.models.backends import sam_auto
 from vitkit.models.backends.hf import HfAssets
+from vitkit.models.backends.sam import check_not_too_thin
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.files import OutputPlanner
 from vitkit.tasks.base import TaskResult
@@ -62,6 +63,7 @@ class GridPreprocess:
     points_per_side: int
 
     def __call__(self, image: Any, meta: ImageMeta) -> dict[str, torch.Tensor]:
+        check_not_too_thin(self.image_processor, image.size)
         encoded = self.image_processor(images=image, return_tensors="pt")
         points, labels = sam_auto.point_grid(self.image_processor, image, self.points_per_side)
         return {"pixel_values": encoded["pixel_values"][0],  # (3, S, S)

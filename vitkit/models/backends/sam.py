@@ -16,6 +16,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from vitkit.errors import InputError
+
 # The suffix of transformers' SAM class names (SamModel; SamHQModel is a different decoder).
 SAM_ARCHITECTURE = "SamModel"
 # Masks brought to full size this many at a time: each is (H, W) float32 while it is upsampled.
@@ -51,10 +53,21 @@ class SamImageInputs:
     image_processor: Any
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+        check_not_too_thin(self.image_processor, image.size)
         encoded = self.image_processor(images=image, return_tensors="pt")
         # (3, S, S) padded input; (2,) the resized image's (h, w) inside it
         return {"pixel_values": encoded["pixel_values"][0],
                 "reshaped_input_size": torch.as_tensor(encoded["reshaped_input_sizes"][0], dtype=torch.int64)}
+
+
+def check_not_too_thin(image_processor: Any, size: tuple[int, int]) -> None:
+    """SAM's processor scales the long side to `longest_edge` and rounds the short one; beyond about
+    2 x longest_edge : 1 that is 0 pixels and it fails inside. Say so for this input instead."""
+    longest = sam_draft_size(image_processor)
+    width, height = size
+    if longest and min(width, height) * longest / max(width, height) < 0.5:
+        raise InputError(f"a {width}x{height} image is too thin for Segment Anything: resized to {longest} pixels "
+                         f"long it is less than one pixel wide", kind="too thin")
 
 
 def scale_coordinates(coords: np.ndarray, original_size: tuple[int, int],
