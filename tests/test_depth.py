@@ -258,6 +258,14 @@ def test_kind_and_unit_come_from_the_config(tiny_metric_depth_anything_dir: Path
     assert (dpt.kind, dpt.unit) == ("relative", "relative (larger is nearer)")
     with pytest.raises(UsageError, match="relative or metric"):
         read_depth_kind(types.SimpleNamespace(model_type="glpn"), "some-glpn")
+    # Meta's DPT heads on DINOv2 (dpt-dinov2-*-nyu/kitti) predict metres though their model_type is "dpt"
+    from transformers import Dinov2Config, DPTConfig
+
+    on_dinov2 = DPTConfig(backbone_config=Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                       out_features=["stage1", "stage2"]))
+    with pytest.raises(UsageError, match="relative or metric"):
+        read_depth_kind(on_dinov2, "dpt-dinov2")
+    assert read_depth_kind(DPTConfig(), "dpt").kind == "relative"
 
 
 def test_usage_errors_exit_2(tiny_depth_anything_dir: Path, tiny_timm_dir: Path) -> None:

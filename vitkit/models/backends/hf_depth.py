@@ -24,10 +24,13 @@ RELATIVE, METRIC = "relative", "metric"
 RELATIVE_UNIT = "relative (larger is nearer)"
 METRIC_UNIT = "metres"
 # Checkpoints whose config does not say what they predict, by `model_type`: the DPT depth checkpoints
-# published for transformers (Intel/dpt-large, dpt-hybrid-midas, the dpt-beit ones) are MiDaS models
-# trained for relative inverse depth. Other families without the field (GLPN, ZoeDepth, Depth Pro) are refused
-# rather than guessed, and their processors' post-processing takes other arguments.
+# published for transformers (Intel/dpt-large, dpt-hybrid-midas, the dpt-beit and dpt-swinv2 ones) are
+# MiDaS models trained for relative inverse depth. Other families without the field (GLPN, ZoeDepth,
+# Depth Pro) are refused rather than guessed, and their processors' post-processing takes other arguments.
 _KIND_WITHOUT_FIELD = {"dpt": RELATIVE}
+# ... but only with MiDaS's backbones (its own ViT: no backbone config; BiT for hybrid; BEiT; Swin V2).
+# Meta's DPT heads on DINOv2 (facebook/dpt-dinov2-*-kitti|nyu) share `model_type` "dpt" and predict metres.
+_MIDAS_BACKBONES = {None, "bit", "beit", "swinv2"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ def read_depth_kind(config: Any, model_id: str) -> DepthKind:
     """What the checkpoint's values mean, from its config: Depth Anything's `depth_estimation_type`
     (relative or metric; its metric heads output metres), else the family's known training target."""
     kind = getattr(config, "depth_estimation_type", None) or _KIND_WITHOUT_FIELD.get(getattr(config, "model_type", ""))
+    backbone = getattr(getattr(config, "backbone_config", None), "model_type", None)
+    if getattr(config, "model_type", "") == "dpt" and backbone not in _MIDAS_BACKBONES:
+        kind = None  # a DPT head on another backbone: nothing in the config says relative or metric
     if kind == METRIC:
         return DepthKind(METRIC, METRIC_UNIT)
     if kind == RELATIVE:
