@@ -69,7 +69,7 @@ class PosePreprocess:
     def __call__(self, image: Any, meta: ImageMeta) -> dict[str, Any]:
         if image.size != (meta.width, meta.height):
             raise InputError("pose needs the image at its full size", kind="decode")
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+        pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
         people: tuple[PersonBox, ...] | None = None
         if self.whole_image:
             people = (PersonBox((0.0, 0.0, float(meta.width), float(meta.height)), None),)
