@@ -34,7 +34,7 @@ class Options(TypedDict, total=False):
     precision: str  # auto, fp32, fp16, bf16, int8 [auto]
     offline: bool  # never contact the Hugging Face Hub [False]
     compile: bool  # torch.compile the model [False]
-    batch_size: int | None  # [the command's own: 16; detect and segment 4, inpaint 8; 4x on a GPU]
+    batch_size: int | None  # [the command's own: 16; detect, segment, depth and pose 4, inpaint 8; 4x on a GPU]
     workers: int | None  # decoding processes [suited to this machine]
     draft: bool  # reduced-scale JPEG decoding where the model needs far fewer pixels [True]
     max_pixels: int  # larger images are that input's error [178956970]
