@@ -17,6 +17,7 @@ from vitkit.runtime.report import Reporter
 
 if TYPE_CHECKING:
     from vitkit.models.loading import LoadedModel
+    from vitkit.tasks.detect import DetectTask
     from vitkit.retrieval.update import IndexOptions
 
 def check_threshold(value: float | None, probability: bool) -> None:
@@ -193,7 +194,7 @@ def plan_pose(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *,
     return make_job(task, found, batch.run_options(default_batch_size=4), sinks, html)
 
 
-def _person_detector(model: ModelOptions, person_class: str, threshold: float | None) -> object:
+def _person_detector(model: ModelOptions, person_class: str, threshold: float | None) -> "DetectTask":
     """vitkit's detect task keeping only `person_class`, which pose runs on every batch first."""
     from vitkit.tasks.detect import DetectOptions, DetectTask
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from vitkit.outputs.files import OutputPlanner
 from vitkit.outputs.records import RecordLayout, explode_rows
 from vitkit.tasks.base import TaskResult
 from vitkit.tasks.pose_boxes import PersonBox, Unmatched
+
+if TYPE_CHECKING:
+    from vitkit.tasks.detect import DetectTask
 
 
 def _describe(record: dict[str, Any]) -> str:
@@ -110,7 +113,7 @@ class PoseTask:
     layout = POSE_LAYOUT
 
     def __init__(self, model: LoadedModel, options: PoseOptions, inputs: Sequence[str] = (),
-                 detector: Any = None, known: Mapping[str, Sequence[PersonBox] | Unmatched] | None = None,
+                 detector: "DetectTask | None" = None, known: Mapping[str, Sequence[PersonBox] | Unmatched] | None = None,
                  whole_image: bool = False) -> None:
         """`detector`: a DetectTask keeping the person class (None with `known` or `whole_image`)."""
         if not isinstance(model.assets, HfAssets) or not is_pose_model(model.module):
