@@ -184,3 +184,57 @@ def test_bad_options_fail_before_any_model_loads(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text("[]")
     with pytest.raises(UsageError, match="names images by id only"):
         vitkit.pose(str(tmp_path), boxes_from=str(tmp_path / "results.json"))
+
+
+def test_mixture_of_experts_backbone_uses_its_coco_expert(two_images: list[Path], tmp_path: Path) -> None:
+    """ViTPose+ needs `dataset_index`: every crop goes to expert 0 (COCO), as transformers' own call with it."""
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
+
+    torch.manual_seed(1)
+    backbone = VitPoseBackboneConfig(image_size=[64, 48], patch_size=[16, 16], hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, mlp_ratio=2, out_indices=[2], num_experts=2, part_features=8)
+    model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, id2label=dict(enumerate(COCO_KEYPOINTS))))
+    model.save_pretrained(tmp_path / "moe")
+    processor = VitPoseImageProcessor(size={"height": 64, "width": 48})
+    processor.save_pretrained(tmp_path / "moe")
+    [record] = vitkit.pose(str(two_images[0]), model=str(tmp_path / "moe"), whole_image=True, device="cpu", workers=0)
+    image = Image.open(two_images[0]).convert("RGB")
+    boxes = [[[0, 0, image.width, image.height]]]
+    with torch.no_grad():
+        outputs = model.eval()(**processor(images=image, boxes=boxes, return_tensors="pt"),
+                               dataset_index=torch.tensor([0]))
+    [[expected]] = processor.post_process_pose_estimation(outputs, boxes=boxes)
+    got = torch.tensor([[k.x, k.y] for k in record.people[0].keypoints])
+    assert (got - expected["keypoints"]).abs().max().item() < TOLERANCE_PX
+
+
+def test_kpt_threshold_changes_drawings_only(tiny_vitpose_dir: Path, two_images: list[Path], tmp_path: Path) -> None:
+    def run(threshold: float, out: str) -> tuple[list[dict], bytes]:
+        [record] = vitkit.pose(str(two_images[1]), model=str(tiny_vitpose_dir), whole_image=True, device="cpu",
+                               workers=0, kpt_threshold=threshold, out_dir=str(tmp_path / out))
+        fields = record.to_dict()
+        return fields["people"], Image.open(fields["output"]).tobytes()
+
+    every_point, with_points = run(0.0, "all")
+    none, without_points = run(1.0, "none")
+    assert every_point == none and len(none[0]["keypoints"]) == 17
+    assert with_points != without_points
+
+
+def test_boxes_file_name_matching_rules(tmp_path: Path) -> None:
+    from vitkit.tasks.pose_boxes import PersonBox, Unmatched, match_boxes
+
+    one = [PersonBox((0, 0, 1, 1), None)]
+    found = {"val/0001.jpg": one, "0002.jpg": [], "a/0003.jpg": one, "b/0003.jpg": one, "ab/0004.jpg": one}
+    matched = match_boxes(found, ["data/val/0001.jpg", "x/0002.jpg", "c/0003.jpg", "b/0003.jpg", "b/0004.jpg",
+                                  "xval/0001.jpg"])
+    assert matched["data/val/0001.jpg"] == one and matched["x/0002.jpg"] == []
+    assert matched["b/0003.jpg"] == one  # the exact name wins over the two suffix matches
+    assert isinstance(matched["c/0003.jpg"], Unmatched)  # two entries end at 0003.jpg, neither at c/
+    assert isinstance(matched["b/0004.jpg"], Unmatched)  # ab/0004.jpg does not end b/0004.jpg at a folder
+    assert isinstance(matched["xval/0001.jpg"], Unmatched)
+
+
+def test_a_detector_without_the_person_class_is_refused(tiny_vitpose_dir: Path, tiny_detr_dir: Path) -> None:
+    with pytest.raises(UsageError, match="has no class 'person'"):
+        vitkit.pose(str(SAMPLE_DATA / "chelsea.jpg"), model=str(tiny_vitpose_dir), detector=str(tiny_detr_dir), device="cpu")
