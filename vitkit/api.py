@@ -34,7 +34,7 @@ class Options(TypedDict, total=False):
     precision: str  # auto, fp32, fp16, bf16, int8 [auto]
     offline: bool  # never contact the Hugging Face Hub [False]
     compile: bool  # torch.compile the model [False]
-    batch_size: int | None  # [the command's own: 16; detect and segment 4, inpaint 8; 4x on a GPU]
+    batch_size: int | None  # [the command's own: 16; detect, segment, depth and pose 4, inpaint 8; 4x on a GPU]
     workers: int | None  # decoding processes [suited to this machine]
     draft: bool  # reduced-scale JPEG decoding where the model needs far fewer pixels [True]
     max_pixels: int  # larger images are that input's error [178956970]
@@ -144,6 +144,19 @@ def depth(inputs: Source | Sequence[Source] | None = None, *, out_dir: str | Non
     return _records(jobs.plan_depth, inputs, dict(options), out_dir=out_dir, npy=npy, html=html)
 
 
+def pose(inputs: Source | Sequence[Source] | None = None, *, detector: "str | LoadedModel | None" = None,
+         person_class: str = "person", person_threshold: float | None = None, boxes_from: str | None = None,
+         whole_image: bool = False, kpt_threshold: float = 0.3, out_dir: str | None = None, coco: str | None = None,
+         html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+    """Human poses (default model vitpose-b), top-down from person boxes: `detector`'s (default detr-r50,
+    `person_threshold` 0.9), a `boxes_from` file (detect's JSON lines or COCO JSON) or the `whole_image`.
+    `record.people[i].box, .score, .keypoints[j].name, .x, .y, .score` (every keypoint, pixels of the
+    image as displayed); skeleton drawings in `out_dir`, a COCO keypoints file at `coco`."""
+    return _records(jobs.plan_pose, inputs, dict(options), detector=detector, person_class=person_class,
+                    person_threshold=person_threshold, boxes_from=boxes_from, whole_image=whole_image,
+                    kpt_threshold=kpt_threshold, out_dir=out_dir, coco=coco, html=html)
+
+
 def caption(inputs: Source | Sequence[Source] | None = None, *, max_length: int | None = None,
             beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
             on_exists: str | None = None, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
@@ -202,7 +215,7 @@ def dedup(folders: str | Sequence[str] | None = None, *, threshold: float | None
 def load_model(ref: str | None = None, *, task: str, device: str = "auto", precision: str = "auto",
                offline: bool = False, compile: bool = False) -> "LoadedModel":
     """Resolve a model reference (None: the command's default) and load it for a command (`task`:
-    classify, label, embed, detect, segment, inpaint, depth, caption, attention, index or search); pass it on as `model=`."""
+    classify, label, embed, detect, segment, inpaint, depth, pose, caption, attention, index or search); pass it on as `model=`."""
     from vitkit.models.spec import CAPABILITY_OF_COMMAND
 
     if task not in CAPABILITY_OF_COMMAND:

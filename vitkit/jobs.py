@@ -11,12 +11,13 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Sequence
 
 from vitkit.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
-from vitkit.models.registry import ATTENTION, CAPTION, CLASSIFY, DEPTH, DETECT, EMBED, INPAINT, LABEL, SEGMENT
+from vitkit.models.registry import ATTENTION, CAPTION, CLASSIFY, DEPTH, DETECT, EMBED, INPAINT, LABEL, POSE, SEGMENT
 from vitkit.pipeline import BatchOptions, InputOptions, Job, Listing, ModelOptions, collect_inputs, make_job
 from vitkit.runtime.report import Reporter
 
 if TYPE_CHECKING:
     from vitkit.models.loading import LoadedModel
+    from vitkit.tasks.detect import DetectTask
     from vitkit.retrieval.update import IndexOptions
 
 def check_threshold(value: float | None, probability: bool) -> None:
@@ -160,6 +161,49 @@ def plan_depth(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *
     found = collect_inputs(inputs)
     task = DepthTask(model.load(DEPTH), options, found.paths)
     return make_job(task, found, batch.run_options(default_batch_size=4), html=html)
+
+
+def plan_pose(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *,
+              detector: "str | LoadedModel | None" = None, person_class: str = "person",
+              person_threshold: float | None = None, boxes_from: str | None = None, whole_image: bool = False,
+              kpt_threshold: float = 0.3, out_dir: str | None = None, coco: str | None = None,
+              html: str | None = None) -> Job:
+    """Person boxes from `detector` (default detr-r50, `person_threshold` default 0.9), from the file
+    `boxes_from` (every person box in it, or those scoring at least `person_threshold` when given), or
+    the whole image."""
+    from vitkit.evaluation.coco import CocoKeypointsSink
+    from vitkit.tasks.pose import PoseOptions, PoseTask
+    from vitkit.tasks.pose_boxes import match_boxes, read_boxes_file
+
+    check_threshold(person_threshold, probability=True)
+    check_threshold(kpt_threshold, probability=True)
+    if boxes_from and whole_image:
+        raise UsageError("--boxes-from and --whole-image are two sources of person boxes", hint="give one")
+    if detector is not None and (boxes_from or whole_image):
+        raise UsageError("--detector only applies when the detector finds the people",
+                         hint="drop --detector, or --boxes-from/--whole-image")
+    known = read_boxes_file(boxes_from, person_class, person_threshold) if boxes_from else None  # before any model
+    found = collect_inputs(inputs)
+    finder = None
+    if not boxes_from and not whole_image:
+        finder = _person_detector(replace(model, model=detector), person_class, person_threshold)
+    options = PoseOptions(kpt_threshold, out_dir, batch.max_pixels)
+    task = PoseTask(model.load(POSE), options, found.paths, finder,
+                    match_boxes(known, found.paths) if known is not None else None, whole_image)
+    sinks = [CocoKeypointsSink(coco, task.names, task.skeleton, kpt_threshold)] if coco else []
+    return make_job(task, found, batch.run_options(default_batch_size=4), sinks, html)
+
+
+def _person_detector(model: ModelOptions, person_class: str, threshold: float | None) -> "DetectTask":
+    """vitkit's detect task keeping only `person_class`, which pose runs on every batch first."""
+    from vitkit.tasks.detect import DetectOptions, DetectTask
+
+    loaded = model.load(DETECT)
+    labels = {str(name) for name in getattr(loaded.module.config, "id2label", {}).values()}
+    if person_class not in labels:
+        raise UsageError(f"detector {loaded.spec.id!r} has no class {person_class!r}",
+                         hint="name its person class with --person-class, or pick another --detector")
+    return DetectTask(loaded, DetectOptions(0.9 if threshold is None else threshold, (person_class,)))
 
 
 def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, max_length: int | None = None,

@@ -129,6 +129,7 @@ def _register() -> None:
     from vitkit.cli.index import index
     from vitkit.cli.inpaint import inpaint
     from vitkit.cli.label import label
+    from vitkit.cli.pose import pose
     from vitkit.cli.search import search
     from vitkit.cli.segment import segment
 
@@ -141,6 +142,7 @@ def _register() -> None:
     app.command("detect", no_args_is_help=True)(detect)
     app.command("embed", no_args_is_help=True)(embed)
     app.command("label", no_args_is_help=True)(label)
+    app.command("pose", no_args_is_help=True)(pose)
     app.command("index", no_args_is_help=True)(index)
     app.command("inpaint", no_args_is_help=True)(inpaint)
     app.command("search", no_args_is_help=True)(search)

@@ -53,7 +53,7 @@ Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model (slow first batch, faster after; worth it for large runs).")]
 BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", "-b", min=1, help="Images per forward pass. Default: the command's own on CPU "
-    "(16; detect, segment and depth 4, inpaint 8), 4x that on a GPU.", show_default=False)]
+    "(16; detect, segment, depth and pose 4, inpaint 8), 4x that on a GPU.", show_default=False)]
 Workers = Annotated[Optional[int], typer.Option(
     "--workers", min=0, help="Decoding processes (0 decodes in the main process). Default: suited to this machine.",
     show_default=False)]

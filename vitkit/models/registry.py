@@ -11,10 +11,10 @@ from pathlib import Path
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError, UsageError
 from vitkit.models.spec import (ATTENTION, CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DEPTH, DETECT, EMBED, INPAINT,
-                                LABEL, OPEN_CLIP, SEARCH, SEGMENT, TIMM, TIMM_CAPABILITIES, TRANSFORMERS, ModelSpec,
+                                LABEL, POSE, OPEN_CLIP, SEARCH, SEGMENT, TIMM, TIMM_CAPABILITIES, TRANSFORMERS, ModelSpec,
                                 describe_capability)
 
-__all__ = ["ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DEPTH", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP",
+__all__ = ["ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DEPTH", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP", "POSE",
            "SEARCH", "SEGMENT", "TIMM", "TRANSFORMERS", "ModelSpec", "resolve", "resolve_any", "list_catalogue",
            "get_default_model"]
 
@@ -31,6 +31,7 @@ BACKEND_FOR_CAPABILITY = {
     SEGMENT: TRANSFORMERS,
     INPAINT: TRANSFORMERS,
     DEPTH: TRANSFORMERS,
+    POSE: TRANSFORMERS,
 }
 
 
@@ -97,6 +98,9 @@ CATALOGUE: dict[str, ModelSpec] = {
                "Depth Anything V2 Small (ViT-S), relative depth (95.3% on the DA-2K benchmark)", 24.8),
         _alias("dpt-large", TRANSFORMERS, "Intel/dpt-large", frozenset({DEPTH}),
                "DPT-Large (MiDaS v3.0, ViT-L/16 at 384 px), relative inverse depth trained on 1.4M images", 343.0),
+        _alias("vitpose-b", TRANSFORMERS, "usyd-community/vitpose-base-simple", frozenset({POSE}),
+               "ViTPose-B, simple decoder, 256x192 crops, COCO-17 keypoints (75.5 AP on COCO val2017 with "
+               "its authors' 56-AP person boxes)", 86.0),
     )
 }
 
@@ -111,6 +115,7 @@ DEFAULT_MODELS = {
     SEGMENT: "segformer-b0",
     INPAINT: "mae-large",
     DEPTH: "depth-anything-s",
+    POSE: "vitpose-b",
 }
 
 # Segmentation has one capability but three modes, each with its own default model.

@@ -20,7 +20,8 @@ DETECT = "detect"
 SEGMENT = "segment"
 INPAINT = "inpaint"
 DEPTH = "depth"
-CAPABILITIES = (CLASSIFY, LABEL, SEARCH, EMBED, ATTENTION, CAPTION, DETECT, SEGMENT, INPAINT, DEPTH)
+POSE = "pose"
+CAPABILITIES = (CLASSIFY, LABEL, SEARCH, EMBED, ATTENTION, CAPTION, DETECT, SEGMENT, INPAINT, DEPTH, POSE)
 
 # The commands that use a capability, where that is not the capability's own name.
 COMMANDS_FOR_CAPABILITY = {SEARCH: ("index", "search", "dedup")}

@@ -1,4 +1,4 @@
-"""transformers: classification, detection, segmentation, depth and MAE models with their own processors.
+"""transformers: classification, detection, segmentation, depth, pose and MAE models with their own processors.
 
 What a checkpoint can do is read from the head class its config names (`architectures`), never from
 its name.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError
 from vitkit.models.backends.base import Classifier, ClassNames, read_config
-from vitkit.models.spec import CLASSIFY, DEPTH, DETECT, INPAINT, SEGMENT, TRANSFORMERS, ModelSpec
+from vitkit.models.spec import CLASSIFY, DEPTH, DETECT, INPAINT, POSE, SEGMENT, TRANSFORMERS, ModelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -35,12 +35,13 @@ HEAD_CAPABILITIES = (
     ("SamModel", SEGMENT),  # Segment Anything: no head suffix; promptable masks (vitkit/models/backends/sam.py)
     ("MAEForPreTraining", INPAINT),
     ("ForDepthEstimation", DEPTH),
+    ("ForPoseEstimation", POSE),  # ViTPose: keypoint heatmaps for person crops (vitkit/models/backends/hf_pose.py)
     ("ForImageClassification", CLASSIFY),
 )
 SEGMENTATION_HEADS = tuple(suffix for suffix, capability in HEAD_CAPABILITIES if capability == SEGMENT)
 # What an `org/repo` id can be for when its config is not in the cache yet; the command's own check
 # happens at load time.
-_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT, DEPTH})
+_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT, DEPTH, POSE})
 # Heads whose config's id2label names the classes it predicts.
 _CLASS_HEAD_CAPABILITIES = frozenset({CLASSIFY, DETECT, SEGMENT})
 
