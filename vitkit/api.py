@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypedDict, Unpack
 
 from vitkit import jobs
+from vitkit.retrieval import jobs as retrieval_jobs
 from vitkit.errors import UsageError
 from vitkit.outputs.records import Fields, Record
 from vitkit.pipeline import BatchOptions, InputOptions, Job, ModelOptions, Source, iterate, split_options
@@ -175,7 +176,7 @@ def index(folders: str | Sequence[str] | None = None, *, index_dir: str | None =
     None on torchrun ranks other than 0."""
     quiet, shard = options.pop("quiet", False), options.pop("shard", None)
     model, batch = split_options(dict(options), ModelOptions, BatchOptions)
-    listing = jobs.run_index(_as_list(folders), model, batch, index_dir=index_dir, rebuild=rebuild,
+    listing = retrieval_jobs.run_index(_as_list(folders), model, batch, index_dir=index_dir, rebuild=rebuild,
                              merge_from=merge_from, wait=wait, shard=shard, compact=compact, quiet=quiet)
     return Fields(listing.rows[0]) if listing.rows else None
 
@@ -192,7 +193,7 @@ def search(text: str | None = None, *, image: str | None = None, folders: str | 
     approximately (candidates re-ranked exactly); `exact=True` scores every image."""
     quiet = options.pop("quiet", False)
     model, batch = split_options(dict(options), ModelOptions, BatchOptions)
-    listing = jobs.run_search(text, image, _as_list(folders) or [], model, batch, top_k=top_k, threshold=threshold,
+    listing = retrieval_jobs.run_search(text, image, _as_list(folders) or [], model, batch, top_k=top_k, threshold=threshold,
                               min_score=min_score, relative=relative, collapse_duplicates=collapse_duplicates,
                               index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet,
                               exact=exact)
@@ -207,7 +208,7 @@ def dedup(folders: str | Sequence[str] | None = None, *, threshold: float | None
     (tier exact, near or similar, relative to the kept file). Nothing is deleted."""
     quiet = options.pop("quiet", False)
     model, batch = split_options(dict(options), ModelOptions, BatchOptions)
-    listing = jobs.run_dedup(_as_list(folders) or [], model, batch, threshold=threshold, keep=keep,
+    listing = retrieval_jobs.run_dedup(_as_list(folders) or [], model, batch, threshold=threshold, keep=keep,
                              index_dir=index_dir, rebuild=rebuild, wait=wait, html=html, quiet=quiet)
     return iter([Fields(row) for row in listing.rows])
 

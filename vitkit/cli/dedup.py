@@ -10,7 +10,7 @@ from vitkit.cli.index import Folders, IndexDir, Rebuild, Wait
 from vitkit.cli.options import command, threshold_option
 from vitkit.cli.search import PathsOnly, Print0
 from vitkit.errors import UsageError
-from vitkit.jobs import run_dedup
+from vitkit.retrieval.jobs import run_dedup
 from vitkit.outputs.groups import removable_rows
 from vitkit.pipeline import BatchOptions, Listing, ModelOptions, OutputOptions, write_paths, write_rows
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vitkit.cli.options import Shard, command
-from vitkit.jobs import run_index
+from vitkit.retrieval.jobs import run_index
 from vitkit.pipeline import BatchOptions, ModelOptions, OutputOptions, write_rows
 
 Folders = Annotated[Optional[list[str]], typer.Argument(help="Folders (or files) to index.", show_default=False)]

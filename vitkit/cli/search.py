@@ -9,7 +9,7 @@ import typer
 from vitkit.cli.index import Folders, IndexDir, Rebuild, Wait
 from vitkit.cli.options import command, threshold_option
 from vitkit.errors import UsageError
-from vitkit.jobs import run_search
+from vitkit.retrieval.jobs import run_search
 from vitkit.pipeline import BatchOptions, ModelOptions, OutputOptions, write_paths, write_rows
 
 Text = Annotated[Optional[str], typer.Option("--text", "-t", help="Find images matching this text.")]
