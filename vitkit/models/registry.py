@@ -38,7 +38,7 @@ class AmbiguousModelError(UsageError):
     """A hub id that several libraries could have saved, with nothing yet to tell which."""
 
 
-def _alias(alias: str, backend: str, source: str, caps: frozenset[str], desc: str, params: float,
+def _alias(alias: str, backend: str, source: str, caps: frozenset[str], desc: str, params: float | None,
            hub_repo: str | None = None) -> ModelSpec:
     # transformers and hf-hub: sources name their repo; open_clip's pretrained tags are given it here so
     # that listing the catalogue needs no library.
@@ -97,6 +97,10 @@ CATALOGUE: dict[str, ModelSpec] = {
                "Depth Anything V2 Small (ViT-S), relative depth (95.3% on the DA-2K benchmark)", 24.8),
         _alias("dpt-large", TRANSFORMERS, "Intel/dpt-large", frozenset({DEPTH}),
                "DPT-Large (MiDaS v3.0, ViT-L/16 at 384 px), relative inverse depth trained on 1.4M images", 343.0),
+        _alias("owlv2-b", TRANSFORMERS, "google/owlv2-base-patch16-ensemble", frozenset({DETECT}),
+               "OWLv2 B/16 ensemble, open-vocabulary detection from text prompts (detect --prompt)", None),
+        _alias("grounding-dino-t", TRANSFORMERS, "IDEA-Research/grounding-dino-tiny", frozenset({DETECT}),
+               "Grounding DINO Swin-T, open-vocabulary detection from text prompts (48.4 AP zero-shot COCO)", None),
     )
 }
 
@@ -113,6 +117,8 @@ DEFAULT_MODELS = {
     DEPTH: "depth-anything-s",
 }
 
+# `detect --prompt` without --model: detection from text needs a model that reads it.
+DEFAULT_OPEN_VOCABULARY_DETECT_MODEL = "owlv2-b"
 # Segmentation has one capability but three modes, each with its own default model.
 DEFAULT_SEGMENT_MODELS = {"semantic": "segformer-b0", "panoptic": "mask2former-swin-t", "text": "clipseg",
                          "prompt": "sam-b", "auto": "sam-b"}

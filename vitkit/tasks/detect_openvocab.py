@@ -1,0 +1,59 @@
+"""`vitkit detect --prompt`: open-vocabulary detection (OWL-ViT, OWLv2, Grounding DINO) through the
+detect task, so --out-dir, --coco, --html, --max-detections and --masks work as for DETR.
+
+Records keep detect's schema: `label` is the prompt's first name, `class_id` the prompt's index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+from vitkit.errors import UsageError
+from vitkit.models.backends.hf import HfAssets
+from vitkit.models.backends.hf_openvocab import (DEFAULT_THRESHOLDS, OpenVocabularyFamily, Prompts, family_of,
+                                                 needs_prompts, resolve)
+from vitkit.models.loading import LoadedModel
+from vitkit.tasks.detect import DetectOptions, DetectTask, clip_box, ranked
+
+
+@dataclass(frozen=True)
+class OpenVocabOptions:
+    prompts: Prompts
+    threshold: float | None = None  # None: the family's default (DEFAULT_THRESHOLDS)
+
+
+class OpenVocabDetectTask(DetectTask):
+    def __init__(self, model: LoadedModel, options: DetectOptions, prompting: OpenVocabOptions,
+                 inputs: Sequence[str] = (), mask_model: LoadedModel | None = None) -> None:
+        self.prompting = prompting
+        super().__init__(model, options, inputs, mask_model)
+
+    def _check_detector(self, model: LoadedModel, options: DetectOptions) -> Any:
+        if not isinstance(model.assets, HfAssets) or not needs_prompts(model.module):
+            raise UsageError(f"model {model.spec.id!r} detects a fixed set of classes and takes no prompts",
+                             hint="pick among its classes with --classes, or use an open-vocabulary model "
+                                  "(--model owlv2-b)")
+        if options.classes:
+            raise UsageError("--classes picks among a fixed-vocabulary model's classes",
+                             hint="with an open-vocabulary model, name what to find with --prompt")
+        family = family_of(model.module.config, model.spec.id)
+        threshold = self.prompting.threshold
+        self.options = replace(options, threshold=DEFAULT_THRESHOLDS[family] if threshold is None else threshold)
+        self.processor = model.assets.processor
+        self.id2label = dict(enumerate(self.prompting.prompts.labels))
+        self.family = OpenVocabularyFamily(family, self.processor, self.prompting.prompts.names, self.options.threshold)
+        return model.assets.image_processor
+
+    def _run_detector(self, inputs: dict[str, Any]) -> Any:
+        pixels = inputs["pixel_values"]
+        return self.model.module(**inputs, **self.family.text_inputs(pixels.shape[0], pixels.device))
+
+    def _found(self, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[list[dict[str, Any]]]:
+        found = []
+        for candidates, (height, width) in zip(self.family.candidates(outputs, sizes), sizes):
+            detections = [{"label": self.id2label[prompt], "class_id": prompt, "score": candidate.score,
+                           "box": clip_box(candidate.box, width, height)}
+                          for prompt, candidate in resolve(candidates, self.prompting.prompts)]
+            found.append(ranked(detections, self.options.max_detections))
+        return found
