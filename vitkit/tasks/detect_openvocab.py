@@ -52,8 +52,9 @@ class OpenVocabDetectTask(DetectTask):
     def _found(self, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[list[dict[str, Any]]]:
         found = []
         for candidates, (height, width) in zip(self.family.candidates(outputs, sizes), sizes):
+            # Overlaps are judged on the boxes the records show: inside the image.
+            clipped = [replace(c, box=tuple(clip_box(c.box, width, height))) for c in candidates]
             detections = [{"label": self.id2label[prompt], "class_id": prompt, "score": candidate.score,
-                           "box": clip_box(candidate.box, width, height)}
-                          for prompt, candidate in resolve(candidates, self.prompting.prompts)]
+                           "box": list(candidate.box)} for prompt, candidate in resolve(clipped, self.prompting.prompts)]
             found.append(ranked(detections, self.options.max_detections))
         return found

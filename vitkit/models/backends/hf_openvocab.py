@@ -25,7 +25,8 @@ _FAMILY_BY_MODEL_TYPE = {"owlvit": OWL, "owlv2": OWL, "grounding-dino": GROUNDIN
 # Box score thresholds when --threshold is not given: the values the families' processors and model
 # cards use (OWL's post-processing default 0.1; Grounding DINO's box threshold 0.3 from its README).
 DEFAULT_THRESHOLDS = {OWL: 0.1, GROUNDING_DINO: 0.3}
-# Grounding DINO: a box's best name must score at least this on its own tokens (its README's 0.25).
+# Grounding DINO: a box is kept only if some prompt's token scores above this (its README's 0.25), the
+# tokens the processor's own `text_labels` are read from; a box only the separators or [CLS] claim is dropped.
 TEXT_THRESHOLD = 0.25
 SYNONYM_SEPARATOR = "|"
 # Boxes overlapping at least this much (IoU) are one object: negatives suppress them, synonyms merge.
@@ -85,7 +86,7 @@ def parse_prompts(prompts: Sequence[str], negatives: Sequence[str] = ()) -> Prom
 class Candidate:
     name: int  # index into Prompts.names
     score: float
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in displayed-image pixels, unclipped
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in displayed-image pixels
 
 
 class OpenVocabularyFamily:
@@ -134,7 +135,7 @@ class OpenVocabularyFamily:
             best_score, best_name = by_name.max(dim=-1)
             found.append([Candidate(int(n), float(s), tuple(b)) for s, n, b, name_score in
                           zip(result["scores"].tolist(), best_name.tolist(), result["boxes"].tolist(),
-                              best_score.tolist()) if name_score >= TEXT_THRESHOLD])
+                              best_score.tolist()) if name_score > TEXT_THRESHOLD])
         return found
 
 
