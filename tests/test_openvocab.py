@@ -265,3 +265,25 @@ def test_resolve_negatives_and_synonyms_on_known_boxes() -> None:
                   Candidate(2, 0.4, (100, 100, 110, 110))]  # a person on the toy car is suppressed too
     kept = [(prompt, c.score) for prompt, c in resolve(candidates, prompts)]
     assert kept == [(0, 0.9), (0, 0.7), (1, 0.6)]
+
+
+def test_eval_detect_prompts_with_the_ground_truths_category_names(tiny_owlv2_dir: Path, tmp_path: Path) -> None:
+    from tests.test_eval_cli import write_ground_truth
+    from vitkit.evaluation.metrics import Detection, evaluate_detections, load_coco_ground_truth
+
+    photos = [str(SAMPLE_DATA / n) for n in ("chelsea.jpg", "rocket.jpg")]
+    code, records, _ = detect(*photos, "--model", str(tiny_owlv2_dir), "--prompt", "cat", "--prompt", "dog",
+                              "--threshold", "0.001", "--max-detections", "100")
+    assert code == 0 and sum(len(r["detections"]) for r in records) > 0
+    gt = tmp_path / "gt.json"
+    write_ground_truth(records, gt, ["cat", "dog"])  # category ids 1, 2: matched to the prompts by name
+    result = runner.invoke(app, ["eval", "detect", str(SAMPLE_DATA), "--coco-gt", str(gt),
+                                 "--model", str(tiny_owlv2_dir), "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    # Prompted boxes overlap one another, so matching them to themselves is not all perfect: the
+    # reference is the library's metric on the same detections, with the categories matched by name.
+    ground_truth = load_coco_ground_truth(gt)
+    expected = evaluate_detections(ground_truth, [Detection(i, d["class_id"] + 1, d["score"], tuple(d["box"]))
+                                                  for i, r in enumerate(records, 1) for d in r["detections"]])
+    assert row["ap"] == pytest.approx(expected.ap) and row["ap"] > 0.5 and row["images"] == 2

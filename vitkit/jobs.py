@@ -79,7 +79,8 @@ def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, 
     """`threshold` None: 0.7 for DETR, the family's default for open-vocabulary models (hf_openvocab)."""
     from vitkit.evaluation.coco import CocoResultsSink
     from vitkit.models.registry import DEFAULT_OPEN_VOCABULARY_DETECT_MODEL, DEFAULT_SEGMENT_MODELS
-    from vitkit.tasks.detect import DetectOptions, DetectTask
+    from vitkit.tasks.detect import DetectOptions
+    from vitkit.tasks.detect_openvocab import detect_task, listed_texts, read_prompts
 
     check_threshold(threshold, probability=True)
     listed = classes.split(",") if isinstance(classes, str) else classes or ()
@@ -87,54 +88,15 @@ def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, 
                             max_detections, out_dir, batch.max_pixels)
     if mask_model is not None and not masks:
         raise UsageError("--mask-model only applies with --masks", hint="add --masks")
-    prompts, negatives = read_prompts(prompt, prompts_file), _listed(negative)
+    prompts, negatives = read_prompts(prompt, prompts_file), listed_texts(negative)
     if negatives and not prompts:
         raise UsageError("--negative only applies with --prompt", hint='add --prompt "what to find"')
     found = collect_inputs(inputs)
     sam = replace(model, model=mask_model).load(SEGMENT, DEFAULT_SEGMENT_MODELS["prompt"]) if masks else None
     detector = model.load(DETECT, DEFAULT_OPEN_VOCABULARY_DETECT_MODEL if prompts else None)
-    task = _detect_task(detector, options, prompts, negatives, threshold, found.paths, sam)
+    task = detect_task(detector, options, prompts, negatives, threshold, found.paths, sam)
     sinks = [CocoResultsSink(coco, task.id2label)] if coco else []
     return make_job(task, found, batch.run_options(default_batch_size=4), sinks, html)
-
-
-def _detect_task(detector: "LoadedModel", options: "DetectOptions", prompts: tuple[str, ...],
-                 negatives: tuple[str, ...], threshold: float | None, paths: Sequence[str],
-                 sam: "LoadedModel | None") -> "DetectTask":
-    from vitkit.models.backends.hf_openvocab import needs_prompts, parse_prompts
-    from vitkit.tasks.detect import DetectTask
-    from vitkit.tasks.detect_openvocab import OpenVocabDetectTask, OpenVocabOptions
-
-    if not needs_prompts(detector.module):
-        if prompts:
-            raise UsageError(f"model {detector.spec.id!r} detects a fixed set of classes and takes no --prompt",
-                             hint="pick among its classes with --classes, or use an open-vocabulary model "
-                                  "(--model owlv2-b)")
-        return DetectTask(detector, options, paths, sam)
-    if not prompts:
-        raise UsageError(f"model {detector.spec.id!r} detects what it is told to find: give --prompt",
-                         hint='e.g. --prompt "red car" --prompt person, or --prompts-file FILE (one a line)')
-    prompting = OpenVocabOptions(parse_prompts(prompts, negatives), threshold)
-    return OpenVocabDetectTask(detector, options, prompting, paths, sam)
-
-
-def _listed(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value or ())
-
-
-def read_prompts(prompt: str | Sequence[str] | None, prompts_file: str | None) -> tuple[str, ...]:
-    """--prompt values, then the prompts file's non-empty lines (UTF-8, one prompt a line)."""
-    prompts = _listed(prompt)
-    if prompts_file is None:
-        return prompts
-    try:
-        with open(prompts_file, encoding="utf-8") as stream:
-            lines = tuple(line.strip() for line in stream if line.strip())
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read --prompts-file {prompts_file!r}: {error}") from None
-    if not lines:
-        raise UsageError(f"--prompts-file {prompts_file!r} has no prompts", hint="write one prompt a line")
-    return prompts + lines
 
 
 def plan_segment(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, mode: str = "semantic",
@@ -357,14 +319,17 @@ def run_eval_detect(images_dir: str, coco_gt: str, model: ModelOptions, batch: B
     from vitkit.evaluation.metrics import load_coco_ground_truth
     from vitkit.evaluation.report import evaluation_row, evaluation_warnings, render_summary
     from vitkit.runtime.distributed import refuse_launch
-    from vitkit.tasks.detect import DetectOptions, DetectTask
+    from vitkit.tasks.detect import DetectOptions
+    from vitkit.tasks.detect_openvocab import eval_detect_task
 
     refuse_launch("eval detect", "run it as one process; `vitkit detect` runs under torchrun")
     check_threshold(threshold, probability=True)
     ground_truth = load_coco_ground_truth(coco_gt)
-    task = DetectTask(model.load(DETECT), DetectOptions(threshold=threshold, max_detections=100))
+    detector, options = model.load(DETECT), DetectOptions(threshold=threshold, max_detections=100)
+    task = eval_detect_task(detector, options, [ground_truth.categories[i] for i in sorted(ground_truth.categories)])
     reporter = Reporter(quiet=quiet)
     result = evaluate_detector(task, ground_truth, images_dir, batch.run_options(default_batch_size=4), reporter)
     for warning in evaluation_warnings(result):
         reporter.message(warning)
     return Listing([evaluation_row(result)], result.failed_images, summary=render_summary(result))
+

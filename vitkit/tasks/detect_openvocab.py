@@ -1,4 +1,4 @@
-"""`vitkit detect --prompt`: open-vocabulary detection (OWL-ViT, OWLv2, Grounding DINO) through the
+"""`vitkit detect --prompt` (and `eval detect` with an open-vocabulary model): open-vocabulary detection (OWL-ViT, OWLv2, Grounding DINO) through the
 detect task, so --out-dir, --coco, --html, --max-detections and --masks work as for DETR.
 
 Records keep detect's schema: `label` is the prompt's first name, `class_id` the prompt's index.
@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from vitkit.errors import UsageError
 from vitkit.models.backends.hf import HfAssets
 from vitkit.models.backends.hf_openvocab import (DEFAULT_THRESHOLDS, OpenVocabularyFamily, Prompts, family_of,
-                                                 needs_prompts, resolve)
+                                                 needs_prompts, parse_prompts, resolve)
 from vitkit.models.loading import LoadedModel
 from vitkit.tasks.detect import DetectOptions, DetectTask, clip_box, ranked
 
@@ -58,3 +58,46 @@ class OpenVocabDetectTask(DetectTask):
                            "box": list(candidate.box)} for prompt, candidate in resolve(clipped, self.prompting.prompts)]
             found.append(ranked(detections, self.options.max_detections))
         return found
+
+
+def detect_task(detector: LoadedModel, options: DetectOptions, prompts: tuple[str, ...],
+                negatives: tuple[str, ...], threshold: float | None, paths: Sequence[str],
+                sam: LoadedModel | None) -> DetectTask:
+    if not needs_prompts(detector.module):
+        if prompts:
+            raise UsageError(f"model {detector.spec.id!r} detects a fixed set of classes and takes no --prompt",
+                             hint="pick among its classes with --classes, or use an open-vocabulary model "
+                                  "(--model owlv2-b)")
+        return DetectTask(detector, options, paths, sam)
+    if not prompts:
+        raise UsageError(f"model {detector.spec.id!r} detects what it is told to find: give --prompt",
+                         hint='e.g. --prompt "red car" --prompt person, or --prompts-file FILE (one a line)')
+    prompting = OpenVocabOptions(parse_prompts(prompts, negatives), threshold)
+    return OpenVocabDetectTask(detector, options, prompting, paths, sam)
+
+
+def listed_texts(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value or ())
+
+
+def read_prompts(prompt: str | Sequence[str] | None, prompts_file: str | None) -> tuple[str, ...]:
+    """--prompt values, then the prompts file's non-empty lines (UTF-8, one prompt a line)."""
+    prompts = listed_texts(prompt)
+    if prompts_file is None:
+        return prompts
+    try:
+        with open(prompts_file, encoding="utf-8") as stream:
+            lines = tuple(line.strip() for line in stream if line.strip())
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read --prompts-file {prompts_file!r}: {error}") from None
+    if not lines:
+        raise UsageError(f"--prompts-file {prompts_file!r} has no prompts", hint="write one prompt a line")
+    return prompts + lines
+
+
+def eval_detect_task(detector: LoadedModel, options: DetectOptions, categories: Sequence[str]) -> DetectTask:
+    """An open-vocabulary detector is prompted with the ground truth's category names, each as it is."""
+    if not needs_prompts(detector.module):
+        return DetectTask(detector, options)
+    prompts = Prompts(tuple(categories), tuple(categories), tuple(range(len(categories))), frozenset())
+    return OpenVocabDetectTask(detector, options, OpenVocabOptions(prompts, options.threshold))
