@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import vitkit
 from tests.conftest import SAMPLE_DATA, parse_jsonl, run_vitkit
+from tests.test_sam import tiny_sam_dir  # noqa: F401  (the tiny SAM fixture, for --masks)
 from tests.test_segment import _byte_level_vocab
 from vitkit.cli import app
 
@@ -287,3 +288,14 @@ def test_eval_detect_prompts_with_the_ground_truths_category_names(tiny_owlv2_di
     expected = evaluate_detections(ground_truth, [Detection(i, d["class_id"] + 1, d["score"], tuple(d["box"]))
                                                   for i, r in enumerate(records, 1) for d in r["detections"]])
     assert row["ap"] == pytest.approx(expected.ap) and row["ap"] > 0.5 and row["images"] == 2
+
+
+def test_masks_segment_the_prompted_boxes(tiny_owlv2_dir: Path, tiny_sam_dir: Path) -> None:
+    args = [str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_owlv2_dir), "--prompt", "cat", "--prompt", "dog",
+            "--max-detections", "3", "--no-draft"]
+    _, [plain], _ = detect(*args)
+    code, [masked], _ = detect(*args, "--masks", "--mask-model", str(tiny_sam_dir))
+    assert code == 0 and len(masked["detections"]) == 3
+    assert [{k: d[k] for k in ("label", "score", "box")} for d in masked["detections"]] == \
+        [{k: d[k] for k in ("label", "score", "box")} for d in plain["detections"]]
+    assert all(d["mask"]["size"] == [300, 451] for d in masked["detections"])
