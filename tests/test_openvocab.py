@@ -160,19 +160,23 @@ def test_owlv2_equals_its_processor_on_a_wide_and_a_rotated_image(tiny_owlv2_dir
     assert total > 0
 
 
-def test_owlv2_boxes_are_fractions_of_the_padded_square() -> None:
-    """A box covering the top quarter of OWLv2's square input is the whole of a 4:1 image."""
+@pytest.mark.parametrize("version", ["owlv2", "owlvit"])
+def test_owl_boxes_are_fractions_of_the_processors_square(version: str, tiny_owlv2_dir: Path) -> None:
+    """OWLv2 pads a 4:1 image to a square: a box over that square's top quarter is the whole image.
+    OWL-ViT stretches it instead: a box over its whole input is the whole image."""
     from types import SimpleNamespace
 
-    from transformers import Owlv2ImageProcessor
+    from transformers import CLIPTokenizer, OwlViTImageProcessor, OwlViTProcessor, Owlv2Processor
     from vitkit.models.backends.hf_openvocab import OWL, OpenVocabularyFamily
 
-    family = OpenVocabularyFamily.__new__(OpenVocabularyFamily)
-    family.family, family.threshold = OWL, 0.1
-    family.processor = SimpleNamespace(post_process_grounded_object_detection=lambda outputs, threshold, target_sizes:
-                                       Owlv2ImageProcessor().post_process_object_detection(outputs, threshold,
-                                                                                          target_sizes))
-    outputs = SimpleNamespace(logits=torch.tensor([[[5.0]]]), pred_boxes=torch.tensor([[[0.5, 0.125, 1.0, 0.25]]]))
+    if version == "owlv2":
+        processor, box = Owlv2Processor.from_pretrained(tiny_owlv2_dir), [0.5, 0.125, 1.0, 0.25]
+    else:
+        processor = OwlViTProcessor(image_processor=OwlViTImageProcessor(),
+                                    tokenizer=CLIPTokenizer.from_pretrained(tiny_owlv2_dir))
+        box = [0.5, 0.5, 1.0, 1.0]
+    family = OpenVocabularyFamily(OWL, processor, ["cat"], 0.1)
+    outputs = SimpleNamespace(logits=torch.tensor([[[5.0]]]), pred_boxes=torch.tensor([[box]]))
     [[candidate]] = family.candidates(outputs, [(100, 400)])
     assert candidate.box == pytest.approx((0.0, 0.0, 400.0, 100.0))
 

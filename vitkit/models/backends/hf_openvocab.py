@@ -4,6 +4,7 @@ Each family keeps its own conventions here, next to its processor:
 - OWL: one text query per name, tokenised once per run. OWLv2's processor pads every image to a square
   (bottom/right) before resizing, so its boxes are fractions of that square: they are scaled with
   `target_sizes` = (max(h, w), max(h, w)), never (h, w), or a 4:1 image's boxes come out squashed.
+  OWL-ViT stretches the image to its square input, so its boxes are fractions of the image itself.
 - Grounding DINO: every name joined into one lower-cased caption "a. b. c." (the processor's own
   format), tokenised once per run; each box's name is the one whose tokens score highest.
 The text towers still run once per batch: OWL's forward and Grounding DINO's fused encoder take
@@ -96,6 +97,8 @@ class OpenVocabularyFamily:
         self.family = family
         self.processor = processor
         self.threshold = threshold
+        # OWLv2 pads to a square (`do_pad`); OWL-ViT stretches the image to its square input instead.
+        self.pads_to_square = family == OWL and bool(getattr(processor.image_processor, "do_pad", False))
         if family == OWL:
             self.text = dict(processor(text=[list(names)], return_tensors="pt"))  # (Q, L) each
             self.spans: list[tuple[int, int]] = []
@@ -117,9 +120,10 @@ class OpenVocabularyFamily:
         the displayed images' (H, W)."""
         outputs.logits, outputs.pred_boxes = outputs.logits.float().cpu(), outputs.pred_boxes.float().cpu()
         if self.family == OWL:
-            squares = [(max(h, w), max(h, w)) for h, w in sizes]  # undoes OWLv2's padding to a square
+            if self.pads_to_square:
+                sizes = [(max(h, w), max(h, w)) for h, w in sizes]
             results = self.processor.post_process_grounded_object_detection(
-                outputs, threshold=self.threshold, target_sizes=squares)
+                outputs, threshold=self.threshold, target_sizes=list(sizes))
             return [[Candidate(int(n), float(s), tuple(b)) for s, n, b in
                      zip(r["scores"].tolist(), r["labels"].tolist(), r["boxes"].tolist())] for r in results]
         input_ids = self.text["input_ids"].repeat(len(sizes), 1)
