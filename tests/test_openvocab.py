@@ -303,3 +303,16 @@ def test_masks_segment_the_prompted_boxes(tiny_owlv2_dir: Path, tiny_sam_dir: Pa
     assert [{k: d[k] for k in ("label", "score", "box")} for d in masked["detections"]] == \
         [{k: d[k] for k in ("label", "score", "box")} for d in plain["detections"]]
     assert all(d["mask"]["size"] == [300, 451] for d in masked["detections"])
+
+
+def test_owl_text_embeddings_are_computed_once_per_run(tiny_owlv2_dir: Path) -> None:
+    loaded = vitkit.load_model(str(tiny_owlv2_dir), task="detect", device="cpu")
+    calls = []
+    hook = loaded.module.owlv2.text_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        records = list(vitkit.detect([str(SAMPLE_DATA / n) for n in ("chelsea.jpg", "coffee.jpg", "rocket.jpg")],
+                                     model=loaded, prompt=["cat", "dog"], batch_size=1))
+    finally:
+        hook.remove()
+    assert len(records) == 3 and all(r.ok for r in records)
+    assert len(calls) == 1  # three batches, one text pass

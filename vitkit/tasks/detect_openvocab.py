@@ -46,8 +46,7 @@ class OpenVocabDetectTask(DetectTask):
         return model.assets.image_processor
 
     def _run_detector(self, inputs: dict[str, Any]) -> Any:
-        pixels = inputs["pixel_values"]
-        return self.model.module(**inputs, **self.family.text_inputs(pixels.shape[0], pixels.device))
+        return self.family.detect(self.model.module, inputs)
 
     def _found(self, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[list[dict[str, Any]]]:
         found = []

@@ -7,14 +7,16 @@ Each family keeps its own conventions here, next to its processor:
   OWL-ViT stretches the image to its square input, so its boxes are fractions of the image itself.
 - Grounding DINO: every name joined into one lower-cased caption "a. b. c." (the processor's own
   format), tokenised once per run; each box's name is the one whose tokens score highest.
-The text towers still run once per batch: OWL's forward and Grounding DINO's fused encoder take
-tokens, not cached text features.
+OWL's text embeddings are computed once per run (per device) and every batch runs only the image
+tower and the heads, the steps of the model's own forward with the text part taken out. Grounding
+DINO fuses text and image in its encoder, so its text tower runs with every batch.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
@@ -111,9 +113,26 @@ class OpenVocabularyFamily:
             offsets = processor.tokenizer(caption, return_offsets_mapping=True)["offset_mapping"]
             self.spans = token_spans(offsets, char_spans)
 
-    def text_inputs(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """OWL takes (B * Q, L) token rows, Grounding DINO (B, L)."""
-        return {key: value.to(device).repeat(batch_size, 1) for key, value in self.text.items()}
+    def detect(self, module: Any, inputs: dict[str, torch.Tensor]) -> Any:
+        """The model's outputs (logits, pred_boxes) for a batch of processed images."""
+        pixels = inputs["pixel_values"]
+        if self.family == OWL:
+            return owl_outputs(module, pixels, self._owl_queries(module, pixels.device))
+        text = {key: value.to(pixels.device).repeat(pixels.shape[0], 1) for key, value in self.text.items()}
+        return module(**inputs, **text)
+
+    def _owl_queries(self, module: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q, D) unit-length text embeddings and (Q,) which queries are real, computed once per device."""
+        cached = getattr(self, "_queries", None)
+        if cached is None or cached[0].device != device:
+            input_ids, attention_mask = self.text["input_ids"].to(device), self.text["attention_mask"].to(device)
+            clip_model = getattr(module, "owlv2", None) or module.owlvit
+            pooled = clip_model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+            embeds = clip_model.text_projection(pooled)
+            # As the model's forward: normalised, and a query whose first token is 0 is padding.
+            cached = (embeds / torch.linalg.norm(embeds, ord=2, dim=-1, keepdim=True), input_ids[:, 0] > 0)
+            self._queries = cached
+        return cached
 
     def candidates(self, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[list[Candidate]]:
         """Per image, the boxes above the threshold from the processor's post-processing; `sizes` are
@@ -141,6 +160,16 @@ class OpenVocabularyFamily:
                           zip(result["scores"].tolist(), best_name.tolist(), result["boxes"].tolist(),
                               best_score.tolist()) if name_score > TEXT_THRESHOLD])
         return found
+
+
+def owl_outputs(module: Any, pixel_values: torch.Tensor, queries: tuple[torch.Tensor, torch.Tensor]) -> Any:
+    """OWL-ViT / OWLv2 forward (transformers' `...ForObjectDetection.forward`) with given text embeddings."""
+    feature_map, _ = module.image_embedder(pixel_values=pixel_values)  # (B, h, w, D)
+    batch, height, width, channels = feature_map.shape
+    image_feats = feature_map.reshape(batch, height * width, channels)
+    embeds, real = queries
+    logits, _ = module.class_predictor(image_feats, embeds[None].expand(batch, -1, -1), real[None].expand(batch, -1))
+    return SimpleNamespace(logits=logits, pred_boxes=module.box_predictor(image_feats, feature_map))
 
 
 def grounding_caption(names: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
