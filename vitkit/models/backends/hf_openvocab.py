@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
+from torchvision.ops import box_iou
 
 from vitkit.errors import UsageError
 
@@ -192,18 +193,6 @@ def token_spans(offsets: Sequence[tuple[int, int]], char_spans: Sequence[tuple[i
             raise UsageError(f"a prompt tokenises to nothing for this model's tokenizer ({start}:{end})")
         spans.append((inside[0], inside[-1] + 1))
     return spans
-
-
-def box_iou(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """(N, M) IoU of x0, y0, x1, y1 boxes."""
-    def area(b: torch.Tensor) -> torch.Tensor:
-        return (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-
-    top_left = torch.maximum(boxes[:, None, :2], others[None, :, :2])
-    bottom_right = torch.minimum(boxes[:, None, 2:], others[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
-    union = area(boxes)[:, None] + area(others)[None, :] - inter
-    return torch.where(union > 0, inter / union, torch.zeros_like(inter))
 
 
 def resolve(candidates: Sequence[Candidate], prompts: Prompts) -> list[tuple[int, Candidate]]:
