@@ -27,7 +27,7 @@ def test_list_shows_catalogue_with_defaults() -> None:
 
 def test_list_filters_by_task() -> None:
     result = runner.invoke(app, ["models", "list", "--task", "detect", "--format", "json"])
-    assert [r["model"] for r in json.loads(result.stdout)] == ["detr-r50"]
+    assert [r["model"] for r in json.loads(result.stdout)] == ["detr-r50", "owlv2-b", "grounding-dino-t"]
 
 
 def test_show_local_folder(tiny_timm_dir: Path) -> None:

@@ -84,16 +84,20 @@ def embed(inputs: Source | Sequence[Source] | None = None, *, output: str | None
     return _records(jobs.plan_embed, inputs, dict(options), output=output, dtype=dtype, raw=raw, html=html)
 
 
-def detect(inputs: Source | Sequence[Source] | None = None, *, threshold: float = 0.7,
+def detect(inputs: Source | Sequence[Source] | None = None, *, threshold: float | None = None,
            classes: str | Sequence[str] | None = None, max_detections: int | None = None, out_dir: str | None = None,
            coco: str | None = None, masks: bool = False, mask_model: "str | LoadedModel | None" = None,
-           html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
+           html: str | None = None, prompt: str | Sequence[str] | None = None, prompts_file: str | None = None,
+           negative: str | Sequence[str] | None = None, **options: Unpack[Options]) -> Iterator[Record]:
     """Objects per image (default model detr-r50): `record.detections[i].label, .score, .box` (x0, y0,
     x1, y1 in original-image pixels); annotated images in `out_dir`, a COCO results file at `coco`.
-    `masks`: each detection's box segmented by SAM (`mask_model`, default sam-b), `.mask` a COCO RLE."""
+    `masks`: each detection's box segmented by SAM (`mask_model`, default sam-b), `.mask` a COCO RLE.
+    `prompt`: what to find, with an open-vocabulary model (default owlv2-b); "car|automobile" is one
+    label; `negative` names things whose boxes suppress overlapping prompted boxes. `threshold` None:
+    0.7 (DETR), 0.1 (OWL), 0.3 (Grounding DINO)."""
     return _records(jobs.plan_detect, inputs, dict(options), threshold=threshold, classes=classes,
                     max_detections=max_detections, out_dir=out_dir, coco=coco, masks=masks,
-                    mask_model=mask_model, html=html)
+                    mask_model=mask_model, html=html, prompt=prompt, prompts_file=prompts_file, negative=negative)
 
 
 def segment(inputs: Source | Sequence[Source] | None = None, *, mode: str = "semantic",

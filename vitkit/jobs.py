@@ -70,23 +70,31 @@ def plan_embed(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *
     return make_job(task, found, batch.run_options(), sinks, html)
 
 
-def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, threshold: float = 0.7,
+def plan_detect(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, threshold: float | None = None,
                 classes: str | Sequence[str] | None = None, max_detections: int | None = None,
                 out_dir: str | None = None, coco: str | None = None, masks: bool = False,
-                mask_model: "str | LoadedModel | None" = None, html: str | None = None) -> Job:
+                mask_model: "str | LoadedModel | None" = None, html: str | None = None,
+                prompt: str | Sequence[str] | None = None, prompts_file: str | None = None,
+                negative: str | Sequence[str] | None = None) -> Job:
+    """`threshold` None: 0.7 for DETR, the family's default for open-vocabulary models (hf_openvocab)."""
     from vitkit.evaluation.coco import CocoResultsSink
-    from vitkit.models.registry import DEFAULT_SEGMENT_MODELS
-    from vitkit.tasks.detect import DetectOptions, DetectTask
+    from vitkit.models.registry import DEFAULT_OPEN_VOCABULARY_DETECT_MODEL, DEFAULT_SEGMENT_MODELS
+    from vitkit.tasks.detect import DetectOptions
+    from vitkit.tasks.detect_openvocab import detect_task, listed_texts, read_prompts
 
     check_threshold(threshold, probability=True)
     listed = classes.split(",") if isinstance(classes, str) else classes or ()
-    options = DetectOptions(threshold, tuple(c.strip() for c in listed if c.strip()), max_detections, out_dir,
-                            batch.max_pixels)
+    options = DetectOptions(0.7 if threshold is None else threshold, tuple(c.strip() for c in listed if c.strip()),
+                            max_detections, out_dir, batch.max_pixels)
     if mask_model is not None and not masks:
         raise UsageError("--mask-model only applies with --masks", hint="add --masks")
+    prompts, negatives = read_prompts(prompt, prompts_file), listed_texts(negative)
+    if negatives and not prompts:
+        raise UsageError("--negative only applies with --prompt", hint='add --prompt "what to find"')
     found = collect_inputs(inputs)
     sam = replace(model, model=mask_model).load(SEGMENT, DEFAULT_SEGMENT_MODELS["prompt"]) if masks else None
-    task = DetectTask(model.load(DETECT), options, found.paths, sam)
+    detector = model.load(DETECT, DEFAULT_OPEN_VOCABULARY_DETECT_MODEL if prompts else None)
+    task = detect_task(detector, options, prompts, negatives, threshold, found.paths, sam)
     sinks = [CocoResultsSink(coco, task.id2label)] if coco else []
     return make_job(task, found, batch.run_options(default_batch_size=4), sinks, html)
 
@@ -253,14 +261,17 @@ def run_eval_detect(images_dir: str, coco_gt: str, model: ModelOptions, batch: B
     from vitkit.evaluation.metrics import load_coco_ground_truth
     from vitkit.evaluation.report import evaluation_row, evaluation_warnings, render_summary
     from vitkit.runtime.distributed import refuse_launch
-    from vitkit.tasks.detect import DetectOptions, DetectTask
+    from vitkit.tasks.detect import DetectOptions
+    from vitkit.tasks.detect_openvocab import eval_detect_task
 
     refuse_launch("eval detect", "run it as one process; `vitkit detect` runs under torchrun")
     check_threshold(threshold, probability=True)
     ground_truth = load_coco_ground_truth(coco_gt)
-    task = DetectTask(model.load(DETECT), DetectOptions(threshold=threshold, max_detections=100))
+    detector, options = model.load(DETECT), DetectOptions(threshold=threshold, max_detections=100)
+    task = eval_detect_task(detector, options, [ground_truth.categories[i] for i in sorted(ground_truth.categories)])
     reporter = Reporter(quiet=quiet)
     result = evaluate_detector(task, ground_truth, images_dir, batch.run_options(default_batch_size=4), reporter)
     for warning in evaluation_warnings(result):
         reporter.message(warning)
     return Listing([evaluation_row(result)], result.failed_images, summary=render_summary(result))
+

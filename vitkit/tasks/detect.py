@@ -53,19 +53,12 @@ class DetectTask:
 
     def __init__(self, model: LoadedModel, options: DetectOptions = DetectOptions(), inputs: Sequence[str] = (),
                  mask_model: LoadedModel | None = None) -> None:
-        if not isinstance(model.assets, HfAssets) or not hasattr(model.assets.processor, "post_process_object_detection"):
-            raise UsageError(f"model {model.spec.id!r} is not an object detector with a DETR-style processor")
         self.model = model
         self.options = options
-        self.processor = model.assets.processor
-        self.id2label = {int(k): v for k, v in model.module.config.id2label.items()}
-        unknown = sorted(set(options.classes) - set(self.id2label.values()))
-        if unknown:
-            raise UsageError(f"--classes names labels the model does not have: {', '.join(unknown)}",
-                             hint="see the model's labels with `vitkit models show`")
-        self.preprocess = ImagePreprocess(ProcessorPreprocess(self.processor))
-        self.collate_inputs = PadWithProcessor(self.processor)
-        self.draft_size = processor_short_side(self.processor)
+        image_processor = self._check_detector(model, options)
+        self.preprocess = ImagePreprocess(ProcessorPreprocess(image_processor))
+        self.collate_inputs = PadWithProcessor(image_processor)
+        self.draft_size = processor_short_side(image_processor)
         self.planner = OutputPlanner(options.out_dir, inputs) if options.out_dir else None
         self.masker = BoxMasker(mask_model) if mask_model is not None else None
         if self.masker is not None:
@@ -74,12 +67,27 @@ class DetectTask:
             sam_draft = sam_draft_size(mask_model.assets.image_processor)
             self.draft_size = max(self.draft_size, sam_draft) if self.draft_size and sam_draft else None
 
+    def _check_detector(self, model: LoadedModel, options: DetectOptions) -> Any:
+        """Sets the processor and the class names; returns the image processor that prepares inputs."""
+        if not isinstance(model.assets, HfAssets) or not hasattr(model.assets.processor, "post_process_object_detection"):
+            raise UsageError(f"model {model.spec.id!r} is not an object detector with a DETR-style processor")
+        self.processor = model.assets.processor
+        self.id2label = {int(k): v for k, v in model.module.config.id2label.items()}
+        unknown = sorted(set(options.classes) - set(self.id2label.values()))
+        if unknown:
+            raise UsageError(f"--classes names labels the model does not have: {', '.join(unknown)}",
+                             hint="see the model's labels with `vitkit models show`")
+        return self.processor
+
+    def _run_detector(self, inputs: dict[str, Any]) -> Any:
+        return self.model.module(**inputs)
+
     def forward(self, inputs: dict[str, Any]) -> Any:
         if self.masker is None:
-            return self.model.module(**inputs)
+            return self._run_detector(inputs)
         # Masks need the kept boxes: the detector's post-processing runs here, before SAM's decoder.
         sizes = [tuple(size) for size in inputs["target_size"].tolist()]
-        found = self._found(self.model.module(**inputs["detector"]), sizes)
+        found = self._found(self._run_detector(inputs["detector"]), sizes)
         return self.masker.low_res_masks(inputs["sam"], found, sizes)
 
     def _found(self, outputs: Any, sizes: Sequence[tuple[int, int]]) -> list[list[dict[str, Any]]]:
@@ -114,12 +122,19 @@ class DetectTask:
             name = self.id2label.get(int(label), f"class_{label}")
             if self.options.classes and name not in self.options.classes:
                 continue
-            # DETR's boxes may overhang the image; records keep them inside it.
-            x0, y0, x1, y1 = box
-            clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
-            found.append({"label": name, "class_id": int(label), "score": float(score), "box": clipped})
-        found.sort(key=lambda d: -d["score"])
-        return found[: self.options.max_detections] if self.options.max_detections else found
+            found.append({"label": name, "class_id": int(label), "score": float(score), "box": clip_box(box, width, height)})
+        return ranked(found, self.options.max_detections)
+
+
+def clip_box(box: Sequence[float], width: int, height: int) -> list[float]:
+    """Detectors' boxes may overhang the image; records keep them inside it."""
+    x0, y0, x1, y1 = box
+    return [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+
+
+def ranked(found: list[dict[str, Any]], max_detections: int | None) -> list[dict[str, Any]]:
+    found.sort(key=lambda d: -d["score"])
+    return found[:max_detections] if max_detections else found
 
 
 def annotated_image(planner: OutputPlanner, path: str, detections: list[dict[str, Any]],

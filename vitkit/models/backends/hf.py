@@ -123,6 +123,8 @@ class TransformersBackend:
             return ClassNames(None, f"unknown until the model is downloaded (`vitkit models pull {spec.id}`)")
         if not head_capabilities(config.get("architectures")) & _CLASS_HEAD_CAPABILITIES:
             return ClassNames(None, "none: its head does not predict classes")
+        if "text_config" in config:  # OWL, Grounding DINO, CLIPSeg: classes are text given at run time
+            return ClassNames(None, "open vocabulary: whatever --prompt names")
         names = id2label_names(config.get("id2label") or {})
         return ClassNames(names, "" if names else "the checkpoint does not name its classes")
 
