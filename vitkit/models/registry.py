@@ -97,7 +97,8 @@ CATALOGUE: dict[str, ModelSpec] = {
         _alias("depth-anything-s", TRANSFORMERS, "depth-anything/Depth-Anything-V2-Small-hf", frozenset({DEPTH}),
                "Depth Anything V2 Small (ViT-S), relative depth (95.3% on the DA-2K benchmark)", 24.8),
         _alias("dpt-large", TRANSFORMERS, "Intel/dpt-large", frozenset({DEPTH}),
-               "DPT-Large (MiDaS v3.0, ViT-L/16 at 384 px), relative inverse depth trained on 1.4M images", 343.0),
+               "DPT-Large (MiDaS v3.0, ViT-L/16 at 384 px), relative inverse depth, 1.4M training images "
+               "(zero-shot transfer error 10.82 on MIX 6, its model card)", 343.0),
         _alias("vitpose-b", TRANSFORMERS, "usyd-community/vitpose-base-simple", frozenset({POSE}),
                "ViTPose-B, simple decoder, 256x192 crops, COCO-17 keypoints (75.5 AP on COCO val2017 with "
                "its authors' 56-AP person boxes)", 86.0),
