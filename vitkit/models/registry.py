@@ -10,11 +10,11 @@ import difflib
 from pathlib import Path
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError, UsageError
-from vitkit.models.spec import (ATTENTION, CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DEPTH, DETECT, EMBED, INPAINT,
-                                LABEL, OPEN_CLIP, SEARCH, SEGMENT, TIMM, TIMM_CAPABILITIES, TRANSFORMERS, ModelSpec,
+from vitkit.models.spec import (ASK, ATTENTION, CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DEPTH, DETECT, EMBED, INPAINT,
+                                LABEL, OPEN_CLIP, SEARCH, SEGMENT, TIMM, TIMM_CAPABILITIES, TRANSFORMERS, VLM_CAPABILITIES, ModelSpec,
                                 describe_capability)
 
-__all__ = ["ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DEPTH", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP",
+__all__ = ["ASK", "ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DEPTH", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP",
            "SEARCH", "SEGMENT", "TIMM", "TRANSFORMERS", "ModelSpec", "resolve", "resolve_any", "list_catalogue",
            "get_default_model"]
 
@@ -31,6 +31,7 @@ BACKEND_FOR_CAPABILITY = {
     SEGMENT: TRANSFORMERS,
     INPAINT: TRANSFORMERS,
     DEPTH: TRANSFORMERS,
+    ASK: TRANSFORMERS,
 }
 
 
@@ -97,6 +98,14 @@ CATALOGUE: dict[str, ModelSpec] = {
                "Depth Anything V2 Small (ViT-S), relative depth (95.3% on the DA-2K benchmark)", 24.8),
         _alias("dpt-large", TRANSFORMERS, "Intel/dpt-large", frozenset({DEPTH}),
                "DPT-Large (MiDaS v3.0, ViT-L/16 at 384 px), relative inverse depth trained on 1.4M images", 343.0),
+        _alias("smolvlm-256m", TRANSFORMERS, "HuggingFaceTB/SmolVLM-256M-Instruct", VLM_CAPABILITIES,
+               "SmolVLM-256M-Instruct (Idefics3: SigLIP-B/16 93M + SmolLM2-135M), questions and captions on a CPU",
+               256.5),
+        _alias("smolvlm-500m", TRANSFORMERS, "HuggingFaceTB/SmolVLM-500M-Instruct", VLM_CAPABILITIES,
+               "SmolVLM-500M-Instruct (Idefics3: SigLIP-B/16 93M + SmolLM2-360M), better answers, 2x the cost",
+               507.5),
+        _alias("llava-1.5-7b", TRANSFORMERS, "llava-hf/llava-1.5-7b-hf", VLM_CAPABILITIES,
+               "LLaVA-1.5 7B (CLIP ViT-L/14 at 336 px + Vicuna-7B), a GPU model (about 14 GB in bf16)", 7063.4),
     )
 }
 
@@ -111,6 +120,7 @@ DEFAULT_MODELS = {
     SEGMENT: "segformer-b0",
     INPAINT: "mae-large",
     DEPTH: "depth-anything-s",
+    ASK: "smolvlm-256m",  # the smallest instruction-tuned VLM with a chat template: runs on a laptop CPU
 }
 
 # Segmentation has one capability but three modes, each with its own default model.
