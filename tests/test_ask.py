@@ -167,16 +167,15 @@ def test_broken_files_keep_their_slots(tiny_llava_dir: Path, mixed_samples: Path
 
 
 def test_keep_filters_images_for_a_shell_pipeline(tiny_llava_dir: Path, mixed_samples: Path) -> None:
-    """The command line end to end in a real process: JSON lines with `match`, then the same run as bare paths."""
-    common = [str(mixed_samples), "--model", str(tiny_llava_dir), "-Q", QUESTION, "--choices", "yes,no",
-              "--keep", "yes", "--workers", "0"]
-    first = run_vitkit("ask", *common, "-f", "jsonl")
-    records = [r for r in parse_jsonl(first.stdout) if "answers" in r]
-    yes = sorted(r["answers"][0]["scores"]["yes"] for r in records)
+    """The command line end to end in a real process prints the paths whose records match, as the library reports them."""
+    records = [r for r in vitkit.ask(mixed_samples, model=str(tiny_llava_dir), question=QUESTION, choices="yes,no",
+                                     keep="yes", workers=0, quiet=True) if r.ok]
+    yes = sorted(r.answers[0].scores["yes"] for r in records)
     threshold = (yes[len(yes) // 2 - 1] + yes[len(yes) // 2]) / 2  # half the images pass
-    assert all(r["match"] == (r["answers"][0]["scores"]["yes"] >= 0.5) for r in records)
-    result = run_vitkit("ask", *common, "--threshold", f"{threshold:.9f}", "--paths-only")
-    expected = [r["path"] for r in records if r["answers"][0]["scores"]["yes"] >= threshold]
+    assert all(r.match == (r.answers[0].scores["yes"] >= 0.5) for r in records)
+    result = run_vitkit("ask", str(mixed_samples), "--model", str(tiny_llava_dir), "-Q", QUESTION, "--choices",
+                        "yes,no", "--keep", "yes", "--threshold", f"{threshold:.9f}", "--paths-only", "--workers", "0")
+    expected = [r.path for r in records if r.answers[0].scores["yes"] >= threshold]
     assert result.returncode == 1 and 0 < len(expected) < len(records)  # the broken files fail; never printed
     assert result.stdout.splitlines() == expected
 
@@ -191,8 +190,8 @@ def test_library_records(tiny_llava_dir: Path) -> None:
 
 def test_sampling_is_seeded(tiny_llava_dir: Path) -> None:
     def answers(*args: str) -> list[str]:
-        code, records, _ = ask_cli(str(SAMPLE_DATA), "--model", str(tiny_llava_dir), "-Q", QUESTION,
-                                   "--max-new-tokens", "6", "--workers", "0", *args)
+        code, records, _ = ask_cli(str(SAMPLE_DATA / "coffee.jpg"), str(SAMPLE_DATA / "rocket.jpg"), "--model",
+                                   str(tiny_llava_dir), "-Q", QUESTION, "--max-new-tokens", "6", "--workers", "0", *args)
         assert code == 0
         return [r["answers"][0]["answer"] for r in records]
 
