@@ -76,7 +76,8 @@ def run_once(model: str, images: list[str], batch_size: int, precision: str, new
     seconds = time.perf_counter() - start
     assert all(r.ok for r in records), [r.error for r in records if not r.ok]
     return {"batch_size": batch_size, "precision": precision, "images": len(images), "new_tokens": new_tokens,
-            "s_per_image": seconds / len(images), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "s_per_image": seconds / len(images),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:

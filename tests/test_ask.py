@@ -1,4 +1,4 @@
-"""`vitkit ask`: answers against transformers' own generate, choices against summed token log-probs, the CLI end to end."""
+"""`vitkit ask`: answers against transformers' own generate, choices against summed token log-probs, the CLI."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def vitkit_tokens(path: Path, images: list[Image.Image], question: str) -> list[
     from vitkit.inputs.data import ImageMeta
     from vitkit.tasks.ask import AskOptions, AskTask
 
-    task = AskTask(vitkit.load_model(str(path), task="ask", device="cpu"), AskOptions((question,), max_new_tokens=NEW_TOKENS))
+    loaded = vitkit.load_model(str(path), task="ask", device="cpu")
+    task = AskTask(loaded, AskOptions((question,), max_new_tokens=NEW_TOKENS))
     batch = task.collate_inputs([task.preprocess(im, ImageMeta("x", *im.size)) for im in images])
     with torch.inference_mode():
         output = task.forward(batch)[0]
@@ -167,7 +168,7 @@ def test_broken_files_keep_their_slots(tiny_llava_dir: Path, mixed_samples: Path
 
 
 def test_keep_filters_images_for_a_shell_pipeline(tiny_llava_dir: Path, mixed_samples: Path) -> None:
-    """The command line end to end in a real process prints the paths whose records match, as the library reports them."""
+    """The command line, in a real process, prints the paths whose records match, as the library reports them."""
     records = [r for r in vitkit.ask(mixed_samples, model=str(tiny_llava_dir), question=QUESTION, choices="yes,no",
                                      keep="yes", workers=0, quiet=True) if r.ok]
     yes = sorted(r.answers[0].scores["yes"] for r in records)
@@ -191,7 +192,8 @@ def test_library_records(tiny_llava_dir: Path) -> None:
 def test_sampling_is_seeded(tiny_llava_dir: Path) -> None:
     def answers(*args: str) -> list[str]:
         code, records, _ = ask_cli(str(SAMPLE_DATA / "coffee.jpg"), str(SAMPLE_DATA / "rocket.jpg"), "--model",
-                                   str(tiny_llava_dir), "-Q", QUESTION, "--max-new-tokens", "6", "--workers", "0", *args)
+                                   str(tiny_llava_dir), "-Q", QUESTION, "--max-new-tokens", "6", "--workers", "0",
+                                   *args)
         assert code == 0
         return [r["answers"][0]["answer"] for r in records]
 

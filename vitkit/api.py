@@ -219,7 +219,8 @@ def dedup(folders: str | Sequence[str] | None = None, *, threshold: float | None
 def load_model(ref: str | None = None, *, task: str, device: str = "auto", precision: str = "auto",
                offline: bool = False, compile: bool = False) -> "LoadedModel":
     """Resolve a model reference (None: the command's default) and load it for a command (`task`:
-    classify, label, embed, detect, segment, inpaint, depth, caption, ask, attention, index or search); pass it on as `model=`."""
+    classify, label, embed, detect, segment, inpaint, depth, caption, ask, attention, index or search); pass it
+    on as `model=`."""
     from vitkit.models.spec import CAPABILITY_OF_COMMAND
 
     if task not in CAPABILITY_OF_COMMAND:

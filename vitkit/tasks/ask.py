@@ -237,7 +237,8 @@ def resolve_choices(choices: str | Sequence[str] | None, keep: str | None, thres
     if len(set(names)) != len(names):
         raise UsageError("--choices has a choice twice")
     if keep is not None and keep not in names:
-        raise UsageError(f"--keep {keep!r} is not one of the choices", hint=f"use one of {', '.join(names) or '--choices'}")
+        raise UsageError(f"--keep {keep!r} is not one of the choices",
+                         hint=f"use one of {', '.join(names) or '--choices'}")
     if threshold is not None and keep is None:
         raise UsageError("--threshold applies to --keep's choice", hint="add --keep CHOICE (e.g. --keep yes)")
     return names
