@@ -229,3 +229,19 @@ def tiny_transformers_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -
     model.save_pretrained(path)
     ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaVA (CLIP vision tower + Llama) with its processor and chat template (tests/tiny_vlm.py)."""
+    from tests.tiny_vlm import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Idefics3, SmolVLM's architecture, with SmolVLM's chat template (tests/tiny_vlm.py)."""
+    from tests.tiny_vlm import build_tiny_idefics3
+
+    return build_tiny_idefics3(tmp_path_factory.mktemp("models") / "tiny-idefics3")

@@ -117,6 +117,12 @@ def test_beam_search_scores_at_least_greedy(coca, images, num_beams: int) -> Non
         assert score >= greedy_score - 1e-5
 
 
+@pytest.fixture(params=["coca", "vlm"])
+def captioner_dir(request: pytest.FixtureRequest) -> Path:
+    """The caption command's file semantics hold whatever writes the captions: CoCa, or a vision-language model."""
+    return request.getfixturevalue("tiny_coca_dir" if request.param == "coca" else "tiny_llava_dir")
+
+
 def caption_cli(*args: str) -> tuple[int, list[dict], str]:
     result = runner.invoke(app, ["caption", *args])
     return result.exit_code, parse_jsonl(result.stdout), result.stderr
@@ -131,8 +137,8 @@ def test_batched_captions_equal_one_at_a_time(tiny_coca_dir: Path, decoding: lis
     assert len({r["caption"] for r in batched if "caption" in r}) > 1  # images get different captions
 
 
-def test_end_to_end_with_broken_files(tiny_coca_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
-    code, records, stderr = caption_cli(str(mixed_samples), "--model", str(tiny_coca_dir))
+def test_end_to_end_with_broken_files(captioner_dir: Path, mixed_samples: Path, tmp_path: Path) -> None:
+    code, records, stderr = caption_cli(str(mixed_samples), "--model", str(captioner_dir))
     assert code == 1 and "3 of 9 inputs failed" in stderr
     expected_order = sorted([*GOOD_SAMPLES, *(f"broken/{n}" for n in BROKEN_SAMPLES)])
     assert [os.path.relpath(r["path"], mixed_samples) for r in records] == expected_order
@@ -143,13 +149,13 @@ def test_end_to_end_with_broken_files(tiny_coca_dir: Path, mixed_samples: Path, 
             assert set(record) == {"path", "width", "height", "caption"}
             assert isinstance(record["caption"], str) and record["caption"].strip()
     csv_file = tmp_path / "captions.csv"
-    code, _, _ = caption_cli(str(SAMPLE_DATA / "coffee.jpg"), "--model", str(tiny_coca_dir), "-o", str(csv_file))
+    code, _, _ = caption_cli(str(SAMPLE_DATA / "coffee.jpg"), "--model", str(captioner_dir), "-o", str(csv_file))
     assert code == 0 and csv_file.read_text().splitlines()[0] == "path,width,height,caption,error"
 
 
-def test_prefix_starts_every_caption(tiny_coca_dir: Path) -> None:
+def test_prefix_starts_every_caption(captioner_dir: Path) -> None:
     code, records, _ = caption_cli(str(SAMPLE_DATA / "chelsea.jpg"), str(SAMPLE_DATA / "rocket.jpg"),
-                                   "--model", str(tiny_coca_dir), "--greedy", "--prefix", "A photo of")
+                                   "--model", str(captioner_dir), "--greedy", "--prefix", "A photo of")
     assert code == 0 and all(r["caption"].startswith("A photo of ") for r in records)
 
 
@@ -157,9 +163,9 @@ def sidecar_mtimes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.rglob("*.txt")}
 
 
-def test_sidecars_written_skipped_and_overwritten(tiny_coca_dir: Path, photos: Path,
+def test_sidecars_written_skipped_and_overwritten(captioner_dir: Path, photos: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    base = [str(photos), "--model", str(tiny_coca_dir), "--greedy", "--workers", "0", "--sidecar"]
+    base = [str(photos), "--model", str(captioner_dir), "--greedy", "--workers", "0", "--sidecar"]
     code, records, _ = caption_cli(*base)
     assert code == 1  # the broken files
     captions = {Path(r["path"]).stem: r["caption"] for r in records if "caption" in r}
@@ -186,10 +192,10 @@ def test_sidecars_written_skipped_and_overwritten(tiny_coca_dir: Path, photos: P
     assert code == 0 and records == [] and "1 skipped" in stderr
 
 
-def test_sidecar_collision_is_an_error_not_an_overwrite(tiny_coca_dir: Path, tmp_path: Path) -> None:
+def test_sidecar_collision_is_an_error_not_an_overwrite(captioner_dir: Path, tmp_path: Path) -> None:
     shutil.copy(SAMPLE_DATA / "chelsea.jpg", tmp_path / "cat.jpg")
     Image.open(SAMPLE_DATA / "coffee.jpg").save(tmp_path / "cat.png")
-    code, records, stderr = caption_cli(str(tmp_path), "--model", str(tiny_coca_dir), "--greedy", "--sidecar")
+    code, records, stderr = caption_cli(str(tmp_path), "--model", str(captioner_dir), "--greedy", "--sidecar")
     assert code == 1
     by_name = {Path(r["path"]).name: r for r in records}
     assert "caption" in by_name["cat.jpg"]

@@ -5,7 +5,7 @@
         print(record.path, record.predictions[0].label)
 
 The functions (one per command: classify, label, embed, detect, segment, inpaint, depth, pose, caption,
-attention, index, search, dedup; and load_model) live in vitkit/api.py and load on first use, so
+ask, attention, index, search, dedup; and load_model) live in vitkit/api.py and load on first use, so
 `import vitkit` and `vitkit --help` stay quick (torch is imported when a model loads).
 """
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["classify", "label", "embed", "detect", "segment", "inpaint", "depth", "pose", "caption", "attention", "index", "search", "dedup",
+__all__ = ["classify", "label", "embed", "detect", "segment", "inpaint", "depth", "pose", "caption", "ask", "attention",
+           "index", "search", "dedup",
            "load_model",
            "Record", "VitkitError"]
 

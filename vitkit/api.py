@@ -164,11 +164,28 @@ def pose(inputs: Source | Sequence[Source] | None = None, *, detector: "str | Lo
 
 def caption(inputs: Source | Sequence[Source] | None = None, *, max_length: int | None = None,
             beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
-            on_exists: str | None = None, html: str | None = None, **options: Unpack[Options]) -> Iterator[Record]:
-    """Captions (default model coca-b32): `record.caption`; with `sidecar`, also `photo.txt` beside `photo.jpg`."""
+            on_exists: str | None = None, html: str | None = None, detail: str | None = None,
+            **options: Unpack[Options]) -> Iterator[Record]:
+    """Captions (default model coca-b32; or a vision-language model such as smolvlm-256m, with `detail`
+    brief or detailed): `record.caption`; with `sidecar`, also `photo.txt` beside `photo.jpg`."""
     quiet = bool(options.get("quiet", False))
     return _records(jobs.plan_caption, inputs, dict(options), max_length=max_length, beams=beams, greedy=greedy,
-                    prefix=prefix, sidecar=sidecar, on_exists=on_exists, html=html, quiet=quiet)
+                    prefix=prefix, sidecar=sidecar, on_exists=on_exists, html=html, quiet=quiet, detail=detail)
+
+
+def ask(inputs: Source | Sequence[Source] | None = None, *, question: str | Sequence[str] | None = None,
+        questions_file: str | None = None, system: str | None = None, choices: str | Sequence[str] | None = None,
+        keep: str | None = None, threshold: float | None = None, max_new_tokens: int = 64,
+        temperature: float | None = None, seed: int | None = None, html: str | None = None,
+        **options: Unpack[Options]) -> Iterator[Record]:
+    """Answers to `question` (one or a list) about each image from a vision-language model (default
+    smolvlm-256m), greedy unless `temperature`: `record.answers[i].question, .answer`. With `choices`
+    ('yes,no' or a list) each choice is scored by likelihood: `.scores[choice]` (probabilities) and the
+    likeliest as `.answer`; with `keep` (a choice), `record.match` is true where its probability is at
+    least `threshold` (0.5) for every question."""
+    return _records(jobs.plan_ask, inputs, dict(options), question=question, questions_file=questions_file,
+                    system=system, choices=choices, keep=keep, threshold=threshold, max_new_tokens=max_new_tokens,
+                    temperature=temperature, seed=seed, html=html)
 
 
 def index(folders: str | Sequence[str] | None = None, *, index_dir: str | None = None, rebuild: bool = False,
@@ -220,7 +237,8 @@ def dedup(folders: str | Sequence[str] | None = None, *, threshold: float | None
 def load_model(ref: str | None = None, *, task: str, device: str = "auto", precision: str = "auto",
                offline: bool = False, compile: bool = False) -> "LoadedModel":
     """Resolve a model reference (None: the command's default) and load it for a command (`task`:
-    classify, label, embed, detect, segment, inpaint, depth, pose, caption, attention, index or search); pass it on as `model=`."""
+    classify, label, embed, detect, segment, inpaint, depth, pose, caption, ask, attention, index or search);
+    pass it on as `model=`."""
     from vitkit.models.spec import CAPABILITY_OF_COMMAND
 
     if task not in CAPABILITY_OF_COMMAND:

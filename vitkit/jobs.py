@@ -11,12 +11,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from vitkit.errors import UsageError
-from vitkit.models.registry import ATTENTION, CAPTION, CLASSIFY, DEPTH, DETECT, EMBED, INPAINT, LABEL, POSE, SEGMENT
+from vitkit.models.registry import ASK, ATTENTION, CAPTION, CLASSIFY, DEPTH, DETECT, EMBED, INPAINT, LABEL, POSE, SEGMENT
 from vitkit.pipeline import BatchOptions, InputOptions, Job, Listing, ModelOptions, collect_inputs, make_job
 from vitkit.runtime.report import Reporter
 
 if TYPE_CHECKING:
     from vitkit.models.loading import LoadedModel
+    from vitkit.tasks.base import Task
     from vitkit.tasks.detect import DetectTask
 
 def check_threshold(value: float | None, probability: bool) -> None:
@@ -215,16 +216,18 @@ def _person_detector(model: ModelOptions, person_class: str, threshold: float | 
 
 def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, max_length: int | None = None,
                  beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
-                 on_exists: str | None = None, html: str | None = None, quiet: bool = False) -> Job | None:
+                 on_exists: str | None = None, html: str | None = None, quiet: bool = False,
+                 detail: str | None = None) -> Job | None:
     """None when --sidecar leaves nothing to caption (outside torchrun, where every rank must still
     join the gather): no model is loaded and nothing is written."""
     from vitkit.runtime.distributed import is_launched
     from vitkit.runtime.report import Reporter
-    from vitkit.tasks.caption import CaptionTask, SidecarWriter, plan_sidecars, resolve_beams
+    from vitkit.tasks.caption import SidecarWriter, plan_sidecars, resolve_beams
 
     if on_exists and not sidecar:
         raise UsageError("--on-exists only applies with --sidecar")
-    num_beams, reporter = resolve_beams(beams, greedy), Reporter(quiet=quiet)
+    resolve_beams(beams, greedy)  # refused before any file is looked at
+    reporter = Reporter(quiet=quiet)
     found = collect_inputs(inputs)
     if sidecar and found.names:
         raise UsageError("caption files go beside image files, and in-memory images have none", hint="pass paths")
@@ -235,8 +238,48 @@ def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions,
             reporter.message(message)
         if not found.items and not is_launched():
             return None
-    task = CaptionTask(model.load(CAPTION), max_length, num_beams, prefix)
+    task = _caption_task(model.load(CAPTION), max_length, beams, greedy, prefix, detail)
     return make_job(task, found, batch.run_options(), [SidecarWriter(reporter)] if sidecar else [], html)
+
+
+def plan_ask(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *,
+             question: str | Sequence[str] | None = None, questions_file: str | None = None,
+             system: str | None = None, choices: str | Sequence[str] | None = None, max_new_tokens: int = 64,
+             temperature: float | None = None, seed: int | None = None, keep: str | None = None,
+             threshold: float | None = None, html: str | None = None) -> Job:
+    from vitkit.tasks.ask import AskOptions, AskTask, resolve_choices, resolve_questions
+
+    questions = resolve_questions(question, questions_file)
+    names = resolve_choices(choices, keep, threshold)
+    check_threshold(threshold, probability=True)
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
+    if names and temperature is not None:
+        raise UsageError("--temperature samples answers, and --choices scores them", hint="drop one of them")
+    if seed is not None and not temperature:
+        raise UsageError("--seed only applies when sampling", hint="add --temperature T (e.g. 0.7)")
+    options = AskOptions(questions, system, names, max_new_tokens, temperature, seed or 0, keep,
+                         0.5 if threshold is None else threshold)
+    found = collect_inputs(inputs)
+    # one image a batch on a CPU: batch 8 measured no faster per image there (benchmarks/ask.py); 4 on a GPU
+    return make_job(AskTask(model.load(ASK), options), found, batch.run_options(default_batch_size=1), html=html)
+
+
+def _caption_task(loaded: "LoadedModel", max_length: int | None, beams: int | None, greedy: bool,
+                  prefix: str | None, detail: str | None) -> "Task":
+    """CoCa's own decoder, or a vision-language model asked for a caption (greedy, up to max_length new tokens)."""
+    from vitkit.models.backends.hf import HfAssets
+    from vitkit.tasks.caption import CaptionTask, resolve_beams
+
+    if not isinstance(loaded.assets, HfAssets):
+        if detail is not None:
+            raise UsageError("--detail applies to vision-language models", hint="e.g. --model smolvlm-256m")
+        return CaptionTask(loaded, max_length, resolve_beams(beams, greedy), prefix)
+    from vitkit.tasks.ask import DEFAULT_MAX_NEW_TOKENS, VlmCaptionTask
+
+    if beams not in (None, 1):
+        raise UsageError("vision-language captions are decoded greedily", hint="drop --beams")
+    return VlmCaptionTask(loaded, detail or "brief", max_length or DEFAULT_MAX_NEW_TOKENS, prefix)
 
 
 def run_bench(model: ModelOptions, batch: BatchOptions, *, images: int = 64, size: str = "1920x1080",

@@ -118,6 +118,7 @@ def _root(version: Annotated[Optional[bool], typer.Option(
 
 def _register() -> None:
     from vitkit.cli import evaluate, models
+    from vitkit.cli.ask import ask
     from vitkit.cli.attention import attention
     from vitkit.cli.bench import bench
     from vitkit.cli.caption import caption
@@ -134,6 +135,7 @@ def _register() -> None:
     from vitkit.cli.segment import segment
 
     app.command("classify", no_args_is_help=True)(classify)
+    app.command("ask", no_args_is_help=True)(ask)
     app.command("attention", no_args_is_help=True)(attention)
     app.command("bench")(bench)
     app.command("caption", no_args_is_help=True)(caption)

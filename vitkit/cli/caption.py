@@ -1,4 +1,4 @@
-"""`vitkit caption`: captions from a CoCa model, as records and optionally as `<image stem>.txt` files."""
+"""`vitkit caption`: captions from a CoCa model or a vision-language model, as records and optionally as `<image stem>.txt` files."""
 
 from __future__ import annotations
 
@@ -27,16 +27,21 @@ Sidecar = Annotated[bool, typer.Option(
 OnExists = Annotated[Optional[Literal["skip", "overwrite"]], typer.Option(
     "--on-exists", show_default=False,
     help="With --sidecar, for images whose caption file exists: skip (default; no record, no model run) or overwrite.")]
+Detail = Annotated[Optional[Literal["brief", "detailed"]], typer.Option(
+    "--detail", show_default=False,
+    help="For a vision-language --model (e.g. smolvlm-256m): brief asks 'Describe this image in one sentence.' "
+         "(default), detailed 'Describe this image in detail.'; --max-length then counts new tokens (default 64).")]
 
 
 @command()
 def caption(inputs: InputOptions, max_length: MaxLength = None, beams: Beams = None, greedy: Greedy = False,
-            prefix: Prefix = None, sidecar: Sidecar = False, on_exists: OnExists = None, *, model: ModelOptions,
-            batch: BatchOptions, out: OutputOptions) -> int:
-    """Caption images with a CoCa model (default: coca-b32), by beam search (3 beams) or --greedy.
+            prefix: Prefix = None, sidecar: Sidecar = False, on_exists: OnExists = None, detail: Detail = None, *,
+            model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
+    """Caption images with a CoCa model (default: coca-b32), by beam search (3 beams) or --greedy, or with a
+    vision-language model asked to describe each image (--model smolvlm-256m --detail brief|detailed).
 
     Example: vitkit caption photos/ --sidecar
     """
     job = plan_caption(inputs, model, batch, max_length=max_length, beams=beams, greedy=greedy, prefix=prefix,
-                       sidecar=sidecar, on_exists=on_exists, html=out.html, quiet=out.quiet)
+                       sidecar=sidecar, on_exists=on_exists, html=out.html, quiet=out.quiet, detail=detail)
     return execute(job, out)

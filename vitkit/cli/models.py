@@ -20,7 +20,7 @@ from vitkit.runtime.report import Reporter
 
 app = typer.Typer(help="List, inspect and pre-download models.", no_args_is_help=True)
 
-Capability = Annotated[Optional[Literal["classify", "label", "search", "embed", "attention", "caption", "detect", "segment", "inpaint", "depth", "pose"]], typer.Option(
+Capability = Annotated[Optional[Literal["classify", "label", "search", "embed", "attention", "caption", "detect", "segment", "inpaint", "depth", "pose", "ask"]], typer.Option(
     "--task",
     help="The command the model is for (search: what index, search and dedup use); settles which library an "
          "hf-hub:/org/repo reference belongs to.")]

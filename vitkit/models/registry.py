@@ -10,11 +10,12 @@ import difflib
 from pathlib import Path
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError, UsageError
-from vitkit.models.spec import (ATTENTION, CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DEPTH, DETECT, EMBED, INPAINT,
-                                LABEL, POSE, OPEN_CLIP, SEARCH, SEGMENT, TIMM, TIMM_CAPABILITIES, TRANSFORMERS, ModelSpec,
-                                describe_capability)
+from vitkit.models.spec import (ASK, ATTENTION, CAPABILITIES, CAPTION, CLASSIFY, CLIP_CAPABILITIES, DEPTH, DETECT, EMBED,
+                                INPAINT, LABEL, OPEN_CLIP, POSE, SEARCH, SEGMENT, TIMM, TIMM_CAPABILITIES, TRANSFORMERS,
+                                VLM_CAPABILITIES, ModelSpec, describe_capability)
 
-__all__ = ["ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DEPTH", "DETECT", "EMBED", "INPAINT", "LABEL", "OPEN_CLIP", "POSE",
+__all__ = ["ASK", "ATTENTION", "CAPABILITIES", "CAPTION", "CLASSIFY", "DEPTH", "DETECT", "EMBED", "INPAINT", "LABEL",
+           "OPEN_CLIP", "POSE",
            "SEARCH", "SEGMENT", "TIMM", "TRANSFORMERS", "ModelSpec", "resolve", "resolve_any", "list_catalogue",
            "get_default_model"]
 
@@ -32,6 +33,7 @@ BACKEND_FOR_CAPABILITY = {
     INPAINT: TRANSFORMERS,
     DEPTH: TRANSFORMERS,
     POSE: TRANSFORMERS,
+    ASK: TRANSFORMERS,
 }
 
 
@@ -106,6 +108,14 @@ CATALOGUE: dict[str, ModelSpec] = {
                "OWLv2 B/16 ensemble, open-vocabulary detection from text prompts (detect --prompt)", 155.0),
         _alias("grounding-dino-t", TRANSFORMERS, "IDEA-Research/grounding-dino-tiny", frozenset({DETECT}),
                "Grounding DINO Swin-T, open-vocabulary detection from text prompts (48.4 AP zero-shot COCO)", 172.0),
+        _alias("smolvlm-256m", TRANSFORMERS, "HuggingFaceTB/SmolVLM-256M-Instruct", VLM_CAPABILITIES,
+               "SmolVLM-256M-Instruct (Idefics3: SigLIP-B/16 93M + SmolLM2-135M), questions and captions on a CPU",
+               256.5),
+        _alias("smolvlm-500m", TRANSFORMERS, "HuggingFaceTB/SmolVLM-500M-Instruct", VLM_CAPABILITIES,
+               "SmolVLM-500M-Instruct (Idefics3: SigLIP-B/16 93M + SmolLM2-360M), a larger language model",
+               507.5),
+        _alias("llava-1.5-7b", TRANSFORMERS, "llava-hf/llava-1.5-7b-hf", VLM_CAPABILITIES,
+               "LLaVA-1.5 7B (CLIP ViT-L/14 at 336 px + Vicuna-7B), a GPU model (about 14 GB in bf16)", 7063.4),
     )
 }
 
@@ -121,6 +131,7 @@ DEFAULT_MODELS = {
     INPAINT: "mae-large",
     DEPTH: "depth-anything-s",
     POSE: "vitpose-b",
+    ASK: "smolvlm-256m",  # the smallest instruction-tuned VLM with a chat template: runs on a laptop CPU
 }
 
 # `detect --prompt` without --model: detection from text needs a model that reads it.

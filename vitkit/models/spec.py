@@ -21,7 +21,8 @@ SEGMENT = "segment"
 INPAINT = "inpaint"
 DEPTH = "depth"
 POSE = "pose"
-CAPABILITIES = (CLASSIFY, LABEL, SEARCH, EMBED, ATTENTION, CAPTION, DETECT, SEGMENT, INPAINT, DEPTH, POSE)
+ASK = "ask"
+CAPABILITIES = (CLASSIFY, LABEL, SEARCH, EMBED, ATTENTION, CAPTION, DETECT, SEGMENT, INPAINT, DEPTH, POSE, ASK)
 
 # The commands that use a capability, where that is not the capability's own name.
 COMMANDS_FOR_CAPABILITY = {SEARCH: ("index", "search", "dedup")}
@@ -36,6 +37,8 @@ TRANSFORMERS = "transformers"
 CLIP_CAPABILITIES = frozenset({LABEL, SEARCH, EMBED})
 # Any timm model: a classifier head where it has one; pooled features and the ViT blocks' attention always.
 TIMM_CAPABILITIES = frozenset({CLASSIFY, EMBED, ATTENTION})
+# A vision-language model (image + text in, text out) answers questions and captions by being asked to.
+VLM_CAPABILITIES = frozenset({ASK, CAPTION})
 
 
 def describe_capability(capability: str) -> str:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from vitkit.errors import ModelTaskMismatchError, UnknownModelError
 from vitkit.models.backends.base import Classifier, ClassNames, read_config
-from vitkit.models.spec import CLASSIFY, DEPTH, DETECT, INPAINT, POSE, SEGMENT, TRANSFORMERS, ModelSpec
+from vitkit.models.spec import (ASK, CLASSIFY, DEPTH, DETECT, INPAINT, POSE, SEGMENT, TRANSFORMERS, VLM_CAPABILITIES,
+                                ModelSpec)
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +42,7 @@ HEAD_CAPABILITIES = (
 SEGMENTATION_HEADS = tuple(suffix for suffix, capability in HEAD_CAPABILITIES if capability == SEGMENT)
 # What an `org/repo` id can be for when its config is not in the cache yet; the command's own check
 # happens at load time.
-_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT, DEPTH, POSE})
+_UNKNOWN_HEAD_CAPABILITIES = frozenset({DETECT, SEGMENT, INPAINT, DEPTH, POSE, ASK})
 # Heads whose config's id2label names the classes it predicts.
 _CLASS_HEAD_CAPABILITIES = frozenset({CLASSIFY, DETECT, SEGMENT})
 
@@ -52,11 +53,30 @@ _AUTO_CLASS_FOR_CAPABILITY = {
     INPAINT: "AutoModelForPreTraining",
     CLASSIFY: "AutoModelForImageClassification",
     DEPTH: "AutoModelForDepthEstimation",
+    ASK: "AutoModelForImageTextToText",
 }
 
 
 def head_capabilities(architectures: list[str] | None) -> frozenset[str]:
     return frozenset(cap for head in architectures or () for suffix, cap in HEAD_CAPABILITIES if head.endswith(suffix))
+
+
+def config_capabilities(config: dict[str, Any]) -> frozenset[str]:
+    """What a saved config.json can do: its head's capabilities, and questions and captions when its
+    architecture is one transformers loads as AutoModelForImageTextToText (LLaVA, Idefics3, Qwen2-VL, ...)."""
+    capabilities = head_capabilities(config.get("architectures"))
+    return capabilities | VLM_CAPABILITIES if is_image_text_to_text(config) else capabilities
+
+
+def is_image_text_to_text(config: dict[str, Any]) -> bool:
+    # Every such model pairs a vision tower with a language model in its config; only those pay for
+    # importing transformers' class table (which imports torch).
+    if "vision_config" not in config or not config.get("architectures"):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    known = set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
+    return any(name in known for name in config["architectures"])
 
 
 @dataclass(frozen=True)
@@ -81,14 +101,14 @@ class TransformersBackend:
         if config is None or "model_type" not in config:
             return None
         local = str(path.resolve())
-        return ModelSpec(reference, TRANSFORMERS, local, head_capabilities(config.get("architectures")),
+        return ModelSpec(reference, TRANSFORMERS, local, config_capabilities(config),
                          description=f"transformers {config['model_type']}", local_path=local)
 
     def spec_for_hub(self, reference: str, repo_id: str, snapshot: Path | None) -> ModelSpec:
         config = read_config(snapshot, "config.json")
         if config is None or "model_type" not in config:
             return ModelSpec(reference, TRANSFORMERS, repo_id, _UNKNOWN_HEAD_CAPABILITIES, hub_repo=repo_id)
-        return ModelSpec(reference, TRANSFORMERS, repo_id, head_capabilities(config.get("architectures")),
+        return ModelSpec(reference, TRANSFORMERS, repo_id, config_capabilities(config),
                          description=f"transformers {config['model_type']}", hub_repo=repo_id)
 
     def load(self, spec: ModelSpec, capability: str | None = None,

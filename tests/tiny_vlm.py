@@ -1,0 +1,104 @@
+"""Tiny random vision-language models saved with save_pretrained: a LLaVA (CLIP vision tower + Llama) and an
+Idefics3/SmolVLM (SigLIP-style tower + Llama), each with a BPE tokenizer trained here and a chat template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SENTENCES = ["Is there a cat in this image?", "What colour is the sky?", "USER: ASSISTANT: User: Assistant: yes no",
+             "Describe this image in one sentence.", "Describe this image in detail.", "a photo of a dog on the grass",
+             "A red rocket, a cup of coffee and an astronaut."]
+
+# LLaVA-1.5's own conversation format, as its hub processor's template renders it.
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: {% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{{ eos_token if message['role'] == 'assistant' else '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+# SmolVLM-Instruct's template.
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def train_tokenizer(special_tokens: list[str], **named: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>", "<pad>", *special_tokens],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(SENTENCES, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", **named)
+
+
+def text_config(vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=3)
+
+
+def sharpen(model) -> None:
+    """Random tiny models spread probability almost evenly; larger output weights give clear argmaxes
+    (ties would make greedy parity meaningless) and answers that differ between images."""
+    import torch
+
+    with torch.no_grad():
+        model.get_output_embeddings().weight.normal_(0, 2.0)
+        for name, weight in model.named_parameters():
+            if ("projector" in name or "connector" in name) and weight.dim() == 2:
+                weight.normal_(0, 1.0)  # image features loud enough to change the answer
+
+
+def build_tiny_llava(path: Path) -> Path:
+    import torch
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor)
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["<image>"], extra_special_tokens={"image_token": "<image>"})
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=28, patch_size=14, projection_dim=16)
+    config = LlavaConfig(vision_config=vision, text_config=text_config(len(tokenizer)),
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1)
+    model = LlavaForConditionalGeneration(config).eval()
+    sharpen(model)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=LLAVA_TEMPLATE,
+                               patch_size=14, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1)  # the CLS token
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def build_tiny_idefics3(path: Path) -> Path:
+    """SmolVLM's architecture: images split into 28-pixel tiles (their count depends on the image's shape,
+    so prompts differ in length and batches need padding) plus a global view."""
+    import torch
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
+                              Idefics3Processor)
+
+    torch.manual_seed(0)
+    tags = ["<global-img>"] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tokenizer = train_tokenizer(["<fake_token_around_image>", "<image>", "<end_of_utterance>", *tags])
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    config = Idefics3Config(vision_config=vision, text_config=text_config(len(tokenizer)).to_dict(), scale_factor=2,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    model = Idefics3ForConditionalGeneration(config).eval()
+    sharpen(model)
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": 56}, max_image_size={"longest_edge": 28})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=1,
+                                  chat_template=SMOLVLM_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

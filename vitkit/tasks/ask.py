@@ -1,0 +1,244 @@
+"""Questions about images with a vision-language model: free-form answers, or choices scored by likelihood.
+
+Any checkpoint transformers loads as AutoModelForImageTextToText with a processor and a chat template
+(LLaVA, SmolVLM/Idefics3, Qwen2-VL, ...): the prompt is the checkpoint's own chat template around one
+user turn holding the image and then the question, and nothing here depends on the model type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from vitkit.errors import UsageError
+from vitkit.inputs.data import ImageMeta, Sample
+from vitkit.models.backends.hf import HfAssets, processor_max_ratio
+from vitkit.models.loading import LoadedModel
+from vitkit.outputs.records import RecordLayout
+
+DEFAULT_MAX_NEW_TOKENS = 64
+_TEXT_KEY = "{name}.{question}"  # batch key of a per-question text tensor: input_ids.0, attention_mask.1, ...
+
+
+def _csv_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    base = {key: record.get(key) for key in ("path", "width", "height", "error")}
+    answers = record.get("answers") or []
+    return [{**base, "question": a["question"], "answer": a["answer"], "match": record.get("match")}
+            for a in answers] or [base]
+
+
+ASK_LAYOUT = RecordLayout(
+    csv_columns=("path", "width", "height", "question", "answer", "match", "error"),
+    csv_rows=_csv_rows,
+    describe=lambda record: " | ".join(a["answer"] for a in record.get("answers", [])),
+)
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    questions: tuple[str, ...]
+    system: str | None = None  # a system turn before the question; none by default
+    choices: tuple[str, ...] = ()  # scored by likelihood instead of generating
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float | None = None  # None: greedy decoding
+    seed: int = 0  # for sampling: every batch starts from this seed
+    keep: str | None = None  # a choice: records get `match` = its probability >= threshold for every question
+    threshold: float = 0.5
+    answer_prefix: str = ""  # text the answer starts with (caption --prefix): the model continues it
+
+
+def build_messages(question: str, system: str | None) -> list[dict[str, Any]]:
+    turns = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    return [*turns, {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def render_prompts(processor: Any, options: AskOptions) -> list[str]:
+    if not getattr(processor, "chat_template", None):
+        raise UsageError("this model's processor has no chat template, so vitkit cannot phrase a question to it",
+                         hint="use an instruction-tuned checkpoint (e.g. smolvlm-256m)")
+    return [processor.apply_chat_template(build_messages(q, options.system), add_generation_prompt=True)
+            + options.answer_prefix for q in options.questions]
+
+
+@dataclass(frozen=True)
+class PromptPreprocess:
+    """Runs in dataloader workers: the checkpoint's processor turns the image and each question's prompt
+    into model inputs (pixel tensors once, token ids per question; image tokens expanded as the model needs)."""
+
+    processor: Any
+    prompts: tuple[str, ...]
+
+    def __call__(self, image: Any, meta: ImageMeta) -> dict[str, torch.Tensor]:
+        max_ratio = processor_max_ratio(getattr(self.processor, "image_processor", self.processor))
+        if max_ratio is not None:
+            from vitkit.models.backends.aspect import squash_long_side
+
+            image = squash_long_side(image, max_ratio)
+        inputs: dict[str, torch.Tensor] = {}
+        for number, prompt in enumerate(self.prompts):
+            encoded = self.processor(images=[image], text=[prompt], return_tensors="pt")
+            ids_shape = encoded["input_ids"].shape  # (1, L)
+            for name, value in encoded.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.shape == ids_shape:
+                    inputs[_TEXT_KEY.format(name=name, question=number)] = value[0]
+                elif number == 0:
+                    inputs[name] = value  # (1, ...) pixel tensors, the same for every question
+        return inputs
+
+
+@dataclass(frozen=True)
+class LeftPadCollate:
+    """Token ids are padded on the left, as generation needs (every row's last token is its prompt's
+    last); pixel tensors are concatenated, zero-padded to the batch's largest where their sizes differ
+    (Idefics3's sub-image count), which those models ignore as padding."""
+
+    pad_token_id: int
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in items[0]:
+            values = [item[key] for item in items]
+            if "." in key:
+                pad = self.pad_token_id if key.startswith("input_ids.") else 0
+                batch[key] = _left_pad(values, pad)
+            else:
+                batch[key] = _zero_pad_cat(values)
+        return batch
+
+
+def _left_pad(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
+    length = max(len(row) for row in rows)
+    return torch.stack([torch.cat([row.new_full((length - len(row),), pad), row]) for row in rows])
+
+
+def _zero_pad_cat(values: list[torch.Tensor]) -> torch.Tensor:
+    shape = [max(v.shape[d] for v in values) for d in range(1, values[0].dim())]
+    padded = []
+    for value in values:
+        widths = [w for d in reversed(range(1, value.dim())) for w in (0, shape[d - 1] - value.shape[d])]
+        padded.append(torch.nn.functional.pad(value, widths) if any(widths) else value)
+    return torch.cat(padded)
+
+
+@dataclass
+class AskTask:
+    model: LoadedModel
+    options: AskOptions
+    layout: RecordLayout = field(default=ASK_LAYOUT)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model.assets, HfAssets) or not hasattr(self.model.module, "generate"):
+            raise UsageError(f"model {self.model.spec.id!r} is not a vision-language model",
+                             hint="try --model smolvlm-256m (`vitkit models list --task ask`)")
+        self.processor = self.model.assets.processor
+        tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "left"
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.preprocess = PromptPreprocess(self.processor, tuple(render_prompts(self.processor, self.options)))
+        self.collate_inputs = LeftPadCollate(int(self.pad_token_id or 0))
+        self.draft_size = self.model.draft_size
+        self.choice_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in self.options.choices]
+        if any(not ids for ids in self.choice_ids):
+            raise UsageError("every choice needs at least one token", hint="drop empty choices from --choices")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> list[Any]:
+        """-> per question: (B, T) generated token ids, or (B, C) choice probabilities."""
+        pixels = {key: value for key, value in batch.items() if "." not in key}
+        results = []
+        for number in range(len(self.options.questions)):
+            suffix = f".{number}"
+            text = {key.removesuffix(suffix): value for key, value in batch.items() if key.endswith(suffix)}
+            if self.options.choices:
+                from vitkit.tasks.ask_choices import choice_probabilities
+
+                results.append(choice_probabilities(self.model.module, pixels, text, self.choice_ids,
+                                                    self.pad_token_id))
+            else:
+                results.append(self._generate(pixels, text))
+        return results
+
+    def _generate(self, pixels: dict[str, torch.Tensor], text: dict[str, torch.Tensor]) -> torch.Tensor:
+        sampling = self.options.temperature is not None and self.options.temperature > 0
+        settings: dict[str, Any] = dict(do_sample=sampling, max_new_tokens=self.options.max_new_tokens,
+                                        pad_token_id=self.pad_token_id, use_cache=True)
+        if sampling:
+            torch.manual_seed(self.options.seed)  # a batch's answers depend on the seed alone
+            settings["temperature"] = self.options.temperature
+        else:  # a checkpoint's generation_config may ask for sampling settings that greedy ignores
+            settings.update(temperature=None, top_p=None, top_k=None)
+        output = self.model.module.generate(**pixels, **text, **settings)
+        return output[:, text["input_ids"].shape[1]:]  # (B, T): the new tokens only
+
+    def postprocess(self, outputs: list[torch.Tensor], samples: Sequence[Sample]) -> list[dict[str, Any]]:
+        records = []
+        for row in range(len(samples)):
+            answers = [self._answer(question, result[row]) for question, result in zip(self.options.questions, outputs)]
+            record: dict[str, Any] = {"answers": answers}
+            if self.options.keep is not None:
+                record["match"] = all(a["scores"][self.options.keep] >= self.options.threshold for a in answers)
+            records.append(record)
+        return records
+
+    def _answer(self, question: str, result: torch.Tensor) -> dict[str, Any]:
+        if not self.options.choices:
+            return {"question": question, "answer": self.decode(result)}
+        scores = {choice: float(p) for choice, p in zip(self.options.choices, result.tolist())}
+        return {"question": question, "answer": max(scores, key=scores.__getitem__), "scores": scores}
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return self.processor.decode(ids, skip_special_tokens=True).strip()
+
+
+# `caption --detail`: what a VLM is asked for a caption.
+CAPTION_PROMPTS = {"brief": "Describe this image in one sentence.", "detailed": "Describe this image in detail."}
+
+
+class VlmCaptionTask(AskTask):
+    """`vitkit caption --model <VLM>`: the caption prompt of `detail` asked of every image; caption records."""
+
+    def __init__(self, model: LoadedModel, detail: str, max_new_tokens: int, prefix: str | None) -> None:
+        from vitkit.tasks.caption import CAPTION_LAYOUT
+
+        if detail not in CAPTION_PROMPTS:
+            raise UsageError(f"--detail must be one of {', '.join(CAPTION_PROMPTS)}, not {detail!r}")
+        self.prefix = " ".join((prefix or "").split())
+        answer_prefix = f" {self.prefix}" if self.prefix else ""
+        options = AskOptions((CAPTION_PROMPTS[detail],), max_new_tokens=max_new_tokens, answer_prefix=answer_prefix)
+        super().__init__(model, options, CAPTION_LAYOUT)
+
+    def postprocess(self, outputs: list[torch.Tensor], samples: Sequence[Sample]) -> list[dict[str, Any]]:
+        return [{"caption": " ".join(f"{self.prefix} {self.decode(ids)}".split())} for ids in outputs[0]]
+
+
+def resolve_questions(questions: str | Sequence[str] | None, questions_file: str | None) -> tuple[str, ...]:
+    """--question (repeatable) then --questions-file's lines (blank lines and '#' comments skipped)."""
+    given = [questions] if isinstance(questions, str) else list(questions or ())
+    if questions_file is not None:
+        try:
+            with open(questions_file, encoding="utf-8") as stream:
+                given += [line.strip() for line in stream if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as exc:
+            raise UsageError(f"cannot read --questions-file {questions_file}: {exc.strerror or exc}") from None
+    given = [q.strip() for q in given if q.strip()]
+    if not given:
+        raise UsageError("no question given", hint='add --question "..." or --questions-file FILE')
+    return tuple(given)
+
+
+def resolve_choices(choices: str | Sequence[str] | None, keep: str | None, threshold: float | None) -> tuple[str, ...]:
+    listed = choices.split(",") if isinstance(choices, str) else list(choices or ())
+    names = tuple(c.strip() for c in listed if c.strip())
+    if choices is not None and len(names) < 2:
+        raise UsageError("--choices needs at least two choices", hint="e.g. --choices yes,no")
+    if len(set(names)) != len(names):
+        raise UsageError("--choices has a choice twice")
+    if keep is not None and keep not in names:
+        raise UsageError(f"--keep {keep!r} is not one of the choices",
+                         hint=f"use one of {', '.join(names) or '--choices'}")
+    if threshold is not None and keep is None:
+        raise UsageError("--threshold applies to --keep's choice", hint="add --keep CHOICE (e.g. --keep yes)")
+    return names
