@@ -245,3 +245,14 @@ def tiny_idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_vlm import build_tiny_idefics3
 
     return build_tiny_idefics3(tmp_path_factory.mktemp("models") / "tiny-idefics3")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine waiting threads slow them down ten-fold."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

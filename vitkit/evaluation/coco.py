@@ -10,12 +10,14 @@ from vitkit.outputs.rle import mask_area
 from vitkit.outputs.writers import open_output
 
 
-class CocoResultsSink:
-    """Collects detect records during a run; writes the file (atomically) when closed."""
+class _CocoSink:
+    """One COCO document built from a run's records: an image entry per successful record, numbered in
+    record order, and the annotations a subclass makes of it; written atomically when closed."""
 
-    def __init__(self, path: str, id2label: Mapping[int, str]) -> None:
-        self.path = path
-        self.categories = [{"id": int(i), "name": name} for i, name in sorted(id2label.items())]
+    description = "vitkit"
+
+    def __init__(self, path: str, categories: list[dict[str, Any]]) -> None:
+        self.path, self.categories = path, categories
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
 
@@ -25,6 +27,27 @@ class CocoResultsSink:
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, "file_name": record["path"], "width": record["width"],
                             "height": record["height"]})
+        self.annotate(record, image_id)
+
+    def annotate(self, record: dict[str, Any], image_id: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        document = {"info": {"description": self.description}, "images": self.images,
+                    "categories": self.categories, "annotations": self.annotations}
+        with open_output(str(Path(self.path))) as stream:
+            json.dump(document, stream, ensure_ascii=False)
+
+
+class CocoResultsSink(_CocoSink):
+    """detect's records as COCO results: one annotation per detection (with its mask's RLE under --masks)."""
+
+    description = "vitkit detect"
+
+    def __init__(self, path: str, id2label: Mapping[int, str]) -> None:
+        super().__init__(path, [{"id": int(i), "name": name} for i, name in sorted(id2label.items())])
+
+    def annotate(self, record: dict[str, Any], image_id: int) -> None:
         for detection in record.get("detections", []):
             x0, y0, x1, y1 = detection["box"]
             annotation = {
@@ -36,36 +59,24 @@ class CocoResultsSink:
                 annotation.update(segmentation=detection["mask"], area=mask_area(detection["mask"]))
             self.annotations.append(annotation)
 
-    def close(self) -> None:
-        document = {"info": {"description": "vitkit detect"}, "images": self.images,
-                    "categories": self.categories, "annotations": self.annotations}
-        with open_output(str(Path(self.path))) as stream:
-            json.dump(document, stream, ensure_ascii=False)
-
 
 # Keypoints scoring at least this count towards a person's COCO score (mmpose's and ViTPose's evaluation rule).
 KEYPOINT_SCORE_FLOOR = 0.2
 
 
-class CocoKeypointsSink:
+class CocoKeypointsSink(_CocoSink):
     """Collects pose records; writes a COCO keypoints file (images, the person category with its keypoint
     names and skeleton, one annotation per person) when closed. Each keypoint is `x, y, v` with v = 2
     at or above `kpt_threshold` and 1 below (COCO's evaluation reads no visibility from results)."""
 
-    def __init__(self, path: str, names: Sequence[str], skeleton: Sequence[tuple[int, int]], kpt_threshold: float) -> None:
-        self.path = path
-        self.category = {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(names),
-                         "skeleton": [[a + 1, b + 1] for a, b in skeleton]}  # COCO's are 1-based
-        self.kpt_threshold = kpt_threshold
-        self.images: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
+    description = "vitkit pose"
 
-    def add(self, record: dict[str, Any]) -> None:
-        if "error" in record:
-            return
-        image_id = len(self.images) + 1
-        self.images.append({"id": image_id, "file_name": record["path"], "width": record["width"],
-                            "height": record["height"]})
+    def __init__(self, path: str, names: Sequence[str], skeleton: Sequence[tuple[int, int]], kpt_threshold: float) -> None:
+        super().__init__(path, [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(names),
+                                 "skeleton": [[a + 1, b + 1] for a, b in skeleton]}])  # COCO's are 1-based
+        self.kpt_threshold = kpt_threshold
+
+    def annotate(self, record: dict[str, Any], image_id: int) -> None:
         for person in record.get("people", []):
             self.annotations.append(self._annotation(person, image_id))
 
@@ -82,9 +93,3 @@ class CocoKeypointsSink:
                 "num_keypoints": sum(1 for v in flat[2::3] if v == 2), "bbox": [x0, y0, x1 - x0, y1 - y0],
                 "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
                 "score": box_score * (sum(confident) / len(confident) if confident else 0.0)}
-
-    def close(self) -> None:
-        document = {"info": {"description": "vitkit pose"}, "images": self.images, "categories": [self.category],
-                    "annotations": self.annotations}
-        with open_output(str(Path(self.path))) as stream:
-            json.dump(document, stream, ensure_ascii=False)
