@@ -196,6 +196,26 @@ def test_grounding_dino_equals_its_processor_on_a_wide_and_a_rotated_image(tiny_
     assert total > 0
 
 
+def test_grounding_dino_boxes_do_not_depend_on_the_batch(tiny_grounding_dino_dir: Path,
+                                                        odd_images: tuple[Path, Path]) -> None:
+    """Its Swin backbone would see a padded batch's padding: a wide and a tall image together must each
+    get their single-image boxes."""
+    args = ("--model", str(tiny_grounding_dino_dir), "--prompt", "cat", "--prompt", "red car", "--no-draft",
+            "--threshold", "0.0")
+    _, together, _ = detect(*map(str, odd_images), *args, "-b", "2")
+    alone = [detect(str(path), *args, "-b", "1")[1][0] for path in odd_images]
+    assert all(record["detections"] for record in together)
+    for batched, single in zip(together, alone):
+        assert_same([(d["score"], d["box"]) for d in batched["detections"]],
+                    [(d["score"], d["box"]) for d in single["detections"]])
+
+
+def test_prompts_longer_than_the_text_tower_are_refused(tiny_owlv2_dir: Path) -> None:
+    code, _, stderr = detect(str(SAMPLE_DATA / "chelsea.jpg"), "--model", str(tiny_owlv2_dir),
+                             "--prompt", " ".join(["a very long description of a red car"] * 4))
+    assert code == 2 and "tokens; this model reads at most 16" in stderr
+
+
 def test_negatives_suppress_overlapping_boxes_and_never_appear(tiny_owlv2_dir: Path) -> None:
     from torchvision.ops import box_iou
 

@@ -238,3 +238,22 @@ def test_boxes_file_name_matching_rules(tmp_path: Path) -> None:
 def test_a_detector_without_the_person_class_is_refused(tiny_vitpose_dir: Path, tiny_detr_dir: Path) -> None:
     with pytest.raises(UsageError, match="has no class 'person'"):
         vitkit.pose(str(SAMPLE_DATA / "chelsea.jpg"), model=str(tiny_vitpose_dir), detector=str(tiny_detr_dir), device="cpu")
+
+
+def test_boxes_without_area_are_skipped_and_a_broken_coco_file_is_a_usage_error(tiny_vitpose_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """A zero-width box (detect clips one outside the image to nothing) would make the processor's crop
+    NaN and stop the run; it holds no person, so it is skipped. A COCO file naming an image it does not
+    list is refused with its reason, not a traceback."""
+    photo = str(SAMPLE_DATA / "chelsea.jpg")
+    records = tmp_path / "boxes.jsonl"
+    records.write_text(json.dumps({"path": photo, "width": 451, "height": 300, "detections": [
+        {"label": "person", "class_id": 1, "score": 0.99, "box": [10.0, 10.0, 10.0, 200.0]},
+        {"label": "person", "class_id": 1, "score": 0.98, "box": [20.0, 30.0, 220.0, 290.0]}]}) + "\n")
+    [record] = list(vitkit.pose(photo, model=str(tiny_vitpose_dir), boxes_from=str(records), device="cpu"))
+    assert record.ok and [p.box for p in record.people] == [[20.0, 30.0, 220.0, 290.0]]
+    broken = tmp_path / "coco.json"
+    broken.write_text(json.dumps({"images": [{"id": 1, "file_name": photo}], "categories": [{"id": 1, "name": "person"}],
+                                  "annotations": [{"image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5]}]}))
+    with pytest.raises(UsageError, match="not a well-formed COCO file"):
+        list(vitkit.pose(photo, model=str(tiny_vitpose_dir), boxes_from=str(broken), device="cpu"))

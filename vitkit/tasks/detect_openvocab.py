@@ -43,6 +43,7 @@ class OpenVocabDetectTask(DetectTask):
         self.processor = model.assets.processor
         self.id2label = dict(enumerate(self.prompting.prompts.labels))
         self.family = OpenVocabularyFamily(family, self.processor, self.prompting.prompts.names, self.options.threshold)
+        self.family.check_length(model.module.config)
         return model.assets.image_processor
 
     def _run_detector(self, inputs: dict[str, Any]) -> Any:

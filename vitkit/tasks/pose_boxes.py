@@ -10,6 +10,7 @@ whose name ends the input's path at a folder boundary (`val2017/0001.jpg` and `0
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +43,27 @@ def read_boxes_file(path: str, person_class: str, threshold: float | None) -> di
     except json.JSONDecodeError:
         document = None  # not one JSON document: JSON lines
     if isinstance(document, dict) and "images" in document:
-        found = _from_coco(document, person_class, path)
+        try:
+            found = _from_coco(document, person_class, path)
+        except (KeyError, TypeError, ValueError) as error:
+            raise UsageError(f"--boxes-from {path} is not a well-formed COCO file ({type(error).__name__}: {error})",
+                             hint="every annotation needs a bbox and an image_id listed in images") from error
     elif isinstance(document, list):
         raise UsageError(f"--boxes-from {path} is a COCO results list, which names images by id only",
                          hint="give a COCO file with its images list (`vitkit detect --coco` writes one) or "
                               "detect's JSON lines (-o boxes.jsonl)")
     else:
         found = _from_records(text.splitlines(), person_class, path)
+    # A box with no area (detect clips a box outside the image to nothing) or not finite holds no person,
+    # and the processor's crop of it would be NaN.
+    found = {name: [p for p in people if _has_area(p.box)] for name, people in found.items()}
     if threshold is None:
         return found
     return {name: [p for p in people if p.score is None or p.score >= threshold] for name, people in found.items()}
+
+
+def _has_area(box: tuple[float, ...]) -> bool:
+    return len(box) == 4 and all(math.isfinite(v) for v in box) and box[2] > box[0] and box[3] > box[1]
 
 
 def _from_coco(document: dict[str, Any], person_class: str, path: str) -> dict[str, list[PersonBox]]:

@@ -114,13 +114,34 @@ class OpenVocabularyFamily:
             offsets = processor.tokenizer(caption, return_offsets_mapping=True)["offset_mapping"]
             self.spans = token_spans(offsets, char_spans)
 
+    def check_length(self, config: Any) -> None:
+        """Prompts longer than the text tower takes would fail inside the model, mid-run; say so now."""
+        text_config = getattr(config, "text_config", None)
+        limit = (getattr(text_config, "max_position_embeddings", None) if self.family == OWL
+                 else getattr(config, "max_text_len", None))
+        length = int(self.text["input_ids"].shape[-1])
+        if limit and length > int(limit):
+            what = "the longest prompt" if self.family == OWL else "all prompts together"
+            raise UsageError(f"{what} is {length} tokens; this model reads at most {limit}",
+                             hint="shorten the prompts" + ("" if self.family == OWL else ", or run fewer at a time"))
+
     def detect(self, module: Any, inputs: dict[str, torch.Tensor]) -> Any:
         """The model's outputs (logits, pred_boxes) for a batch of processed images."""
         pixels = inputs["pixel_values"]
         if self.family == OWL:
             return owl_outputs(module, pixels, self._owl_queries(module, pixels.device))
-        text = {key: value.to(pixels.device).repeat(pixels.shape[0], 1) for key, value in self.text.items()}
-        return module(**inputs, **text)
+        text = {key: value.to(pixels.device) for key, value in self.text.items()}  # (1, L) each
+        if pixels.shape[0] == 1 or "pixel_mask" not in inputs:
+            return module(**inputs, **{key: value.repeat(pixels.shape[0], 1) for key, value in text.items()})
+        # Its backbone (Swin) sees a padded batch's padding, so each image runs alone at its own size:
+        # an image's boxes never depend on the images it shares a batch with.
+        single = []
+        for pixel_values, mask in zip(pixels, inputs["pixel_mask"]):  # (3, H, W), (H, W)
+            height, width = int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum())
+            single.append(module(pixel_values=pixel_values[None, :, :height, :width],
+                                 pixel_mask=mask[None, :height, :width], **text))
+        return type(single[0])(logits=torch.cat([o.logits for o in single]),
+                               pred_boxes=torch.cat([o.pred_boxes for o in single]))
 
     def _owl_queries(self, module: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q, D) unit-length text embeddings and (Q,) which queries are real, computed once per device."""
