@@ -247,6 +247,14 @@ def tiny_idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_idefics3(tmp_path_factory.mktemp("models") / "tiny-idefics3")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2-VL: flattened patches for the whole batch in one tensor (tests/tiny_vlm.py)."""
+    from tests.tiny_vlm import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny-qwen2vl")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from threads, and on a busy machine waiting threads slow them down ten-fold."""

@@ -115,7 +115,9 @@ def reference_choice_probabilities(model, processor, image: Image.Image, questio
     for choice in choices:
         ids = processor.tokenizer(choice, add_special_tokens=False)["input_ids"]
         full = torch.cat([inputs["input_ids"], torch.tensor([ids])], dim=1)
-        pixels = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        length = inputs["input_ids"].shape[1]  # per-token extras (Qwen2-VL's mm_token_type_ids) grow with the choice
+        pixels = {k: torch.cat([v, v.new_zeros((1, len(ids)))], dim=1) if v.shape == (1, length) else v
+                  for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         logits = model(input_ids=full, attention_mask=torch.ones_like(full), **pixels).logits[0].double()
         log_probs = logits.log_softmax(dim=-1)
         start = inputs["input_ids"].shape[1]
@@ -137,6 +139,33 @@ def test_choice_probabilities_equal_summed_token_log_probs(request, name: str, i
             got = [answer.scores[c] for c in choices]
             assert got == pytest.approx(expected, abs=1e-5)
             assert answer.answer == choices[max(range(len(choices)), key=got.__getitem__)]
+
+
+def test_choices_with_flattened_patches_score_each_image_against_itself(tiny_qwen2vl_dir: Path,
+                                                                         image_files: list[str]) -> None:
+    """Qwen2-VL's pixel_values are every image's patches in one (N, D) tensor: each image's block must go
+    with its own choice rows, not patch by patch."""
+    model, processor = upstream(tiny_qwen2vl_dir)
+    choices = ["yes", "no", "a photo of a dog"]
+    files = image_files[:2]
+    records = list(vitkit.ask(files, model=str(tiny_qwen2vl_dir), question=QUESTION, choices=choices, batch_size=2,
+                              workers=0, draft=False, quiet=True, device="cpu"))
+    for record, image in zip(records, decoded(files)):
+        expected = reference_choice_probabilities(model, processor, image, QUESTION, choices)
+        assert [record.answers[0].scores[c] for c in choices] == pytest.approx(expected, abs=1e-7)
+
+
+def test_flattened_patches_are_repeated_image_by_image() -> None:
+    from vitkit.tasks.ask_choices import _per_row
+
+    grid = torch.tensor([[1, 2, 2], [1, 2, 4]])  # 4 patches, then 8
+    patches = torch.arange(12.0)[:, None].expand(12, 3)
+    rows = _per_row({"pixel_values": patches, "image_grid_thw": grid}, count=2)
+    first, second = patches[:4], patches[4:]
+    assert torch.equal(rows["pixel_values"], torch.cat([first, first, second, second]))
+    assert torch.equal(rows["image_grid_thw"], grid.repeat_interleave(2, dim=0))
+    batched = _per_row({"pixel_values": torch.arange(6.0).view(2, 3)}, count=3)["pixel_values"]
+    assert batched[:, 0].tolist() == [0, 0, 0, 3, 3, 3]
 
 
 def ask_cli(*args: str) -> tuple[int, list[dict], str]:

@@ -102,3 +102,40 @@ def build_tiny_idefics3(path: Path) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+QWEN2VL_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen2vl(path: Path) -> Path:
+    """Qwen2-VL: its processor flattens every image's patches into one (N, D) tensor (image_grid_thw
+    says whose), so a batch's dim 0 is not the image there."""
+    import torch
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+                                 "<|im_start|>", "<|im_end|>"],
+                                extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+    ids = tokenizer.convert_tokens_to_ids
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    vision = dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, mlp_ratio=2)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+                           video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                           vision_end_token_id=ids("<|vision_end|>"))
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    sharpen(model)
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+                                 video_processor=Qwen2VLVideoProcessor(), tokenizer=tokenizer,
+                                 chat_template=QWEN2VL_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -28,7 +28,7 @@ def choice_probabilities(module: torch.nn.Module, pixels: dict[str, torch.Tensor
             starts.append(len(prompt["input_ids"]))
     batch = {name: _right_pad([row[name] for row in rows], pad_token_id if name == "input_ids" else 0)
              for name in rows[0]}
-    repeated = {name: value.repeat_interleave(count, dim=0) for name, value in pixels.items()}
+    repeated = _per_row(pixels, count)
     # Position p predicts token p + 1: the choice's tokens are predicted from start - 1 on.
     needed = sorted({start - 1 + j for start, ids in zip(starts, choice_ids * images) for j in range(len(ids))})
     arguments = {}
@@ -42,6 +42,21 @@ def choice_probabilities(module: torch.nn.Module, pixels: dict[str, torch.Tensor
         for row, (start, ids) in enumerate(zip(starts, choice_ids * images))
     ])
     return scores.view(images, count).softmax(dim=-1)
+
+
+def _per_row(pixels: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """Each image's vision inputs `count` times over, image by image, to go with its `count` choice rows.
+    Most processors give (B, ...) tensors; Qwen2-VL-style ones flatten every image's patches into one
+    (N, D) tensor, each image's share given by its (t, h, w) grid in `image_grid_thw`."""
+    grid = pixels.get("image_grid_thw")  # (B, 3)
+    repeated = {}
+    for name, value in pixels.items():
+        if name == "pixel_values" and grid is not None:
+            blocks = value.split(grid.prod(dim=-1).tolist())  # one (n_i, D) block per image
+            repeated[name] = torch.cat([block for block in blocks for _ in range(count)])
+        else:
+            repeated[name] = value.repeat_interleave(count, dim=0)
+    return repeated
 
 
 def _extend(name: str, value: torch.Tensor, length: int) -> torch.Tensor:
