@@ -77,10 +77,10 @@ def test_thresholds_are_checked_alike(command: str, value: str, tmp_path: Path) 
     assert "threshold" in result.stderr and "no-such-model" not in result.stderr
 
 
-def _vitkit(*args: str, debug: bool) -> subprocess.CompletedProcess:
+def _vitkit(*args: str, debug: bool | str) -> subprocess.CompletedProcess:
     env = {name: value for name, value in os.environ.items() if name != "VITKIT_DEBUG"}
     if debug:
-        env["VITKIT_DEBUG"] = "1"
+        env["VITKIT_DEBUG"] = debug if isinstance(debug, str) else "1"
     return subprocess.run([sys.executable, "-m", "vitkit", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -107,3 +107,8 @@ def test_device_takes_cuda_n_and_the_loader_says_what_the_machine_has(tiny_timm_
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("vitkit: error: --device cuda") and len(result.stderr.splitlines()) == 1
     assert "Invalid value" not in result.stderr  # not refused by the option parser
+
+
+def test_vitkit_debug_0_means_off() -> None:
+    off = _vitkit("classify", str(SAMPLE_DATA), "-0", debug="0")
+    assert off.returncode == 2 and "Traceback" not in off.stderr

@@ -28,7 +28,7 @@ def _silence_stdout() -> None:
 
 def _report(exc: VitkitError) -> None:
     """vitkit's one error line, after the traceback behind it when VITKIT_DEBUG is set."""
-    if os.environ.get("VITKIT_DEBUG"):
+    if os.environ.get("VITKIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off"):
         traceback.print_exception(exc, file=sys.stderr)
     _print_error(exc.one_line())
 
