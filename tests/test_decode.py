@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -367,3 +368,33 @@ def test_an_errno_from_bad_data_is_corrupt_not_a_disk_error(tmp_path: Path, monk
     with pytest.raises(InputError) as info:
         decode_image(path)
     assert (info.value.message, info.value.kind) == ("corrupt image data (OSError: Invalid argument)", "corrupt")
+
+
+def test_a_message_from_another_thread_never_lands_in_a_decoders_stderr_capture(capfd: pytest.CaptureFixture) -> None:
+    """While one thread decodes with fd 2 redirected (to catch libjpeg's and libtiff's messages), another
+    thread's error line waits for the capture to end: it reaches stderr and is not taken for the file's warning."""
+    import threading
+    import time
+
+    from vitkit.inputs.guard import c_stderr_captured
+    from vitkit.runtime.report import Reporter
+
+    fd2 = open(2, "w", closefd=False, buffering=1)  # as sys.stderr is outside pytest: writes go to fd 2
+    reporter = Reporter(stream=fd2)
+    started, printed = threading.Event(), threading.Event()
+
+    def say() -> None:
+        started.wait()
+        reporter.message("error: other.jpg: truncated")
+        printed.set()
+
+    speaker = threading.Thread(target=say)
+    speaker.start()
+    with c_stderr_captured() as lines:
+        started.set()
+        time.sleep(0.3)  # the other thread prints now, or waits for this capture to end
+        os.write(2, b"libjpeg: Corrupt JPEG data\n")
+    speaker.join(5)
+    assert printed.is_set()
+    assert lines == ["libjpeg: Corrupt JPEG data"]
+    assert "error: other.jpg: truncated" in capfd.readouterr().err

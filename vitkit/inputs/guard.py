@@ -8,17 +8,19 @@ import contextlib
 import os
 import sys
 import tempfile
-import threading
 import warnings
 from types import TracebackType
 from typing import IO, Iterator
 
 from PIL import Image
 
+from vitkit.runtime.report import STDERR_LOCK
+
 MAX_STDERR_BYTES = 64 * 1024  # read back per file; libtiff repeats itself
 MAX_STDERR_LINES = 3  # distinct lines kept per file; the rest are counted
-# fd 2 is the process's: two threads redirecting it at once could leave it pointing at a sink for good.
-_REDIRECT_LOCK = threading.Lock()
+# fd 2 is the process's: two threads redirecting it at once could leave it pointing at a sink for good,
+# and vitkit's own messages from another thread must not land in the sink (they wait for this lock).
+_REDIRECT_LOCK = STDERR_LOCK
 
 
 @contextlib.contextmanager

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections import Counter
 from typing import IO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+# Held while a decoder has file descriptor 2 redirected to catch C libraries' messages (inputs/guard.py)
+# and while a message is printed: a message from another thread would otherwise land in that capture,
+# lost from the terminal and taken for the decoded file's own warning.
+STDERR_LOCK = threading.RLock()
 
 
 class Reporter:
@@ -53,7 +60,8 @@ class Reporter:
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(escape(self.prefix + text), markup=True)
+            with STDERR_LOCK:
+                self.console.print(escape(self.prefix + text), markup=True)
 
     def summary_line(self) -> str | None:
         failed = sum(self.failures.values())
