@@ -77,6 +77,11 @@ class RecordLayout:
     table_items: str | None = None
 
 
+def flat_rows(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """CSV with one row per image: the record's own value in each column."""
+    return lambda record: [{key: record.get(key) for key in columns}]
+
+
 def explode_rows(list_key: str, item_columns: tuple[str, ...]) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
     """CSV in long form: one row per prediction/detection, with the image's columns repeated."""
 

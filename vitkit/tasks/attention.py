@@ -25,7 +25,7 @@ from vitkit.models.loading import LoadedModel
 from vitkit.outputs import heatmaps
 from vitkit.outputs.artifacts import Artifacts, ImageFile
 from vitkit.outputs.files import OutputPlanner
-from vitkit.outputs.records import RecordLayout
+from vitkit.outputs.records import RecordLayout, flat_rows
 from vitkit.tasks.base import TaskResult
 
 _CSV_COLUMNS = ("path", "width", "height", "output", "heads", "entropy", "mask_area", "mask_box", "error")
@@ -41,7 +41,7 @@ def _describe(record: dict[str, Any]) -> str:
 
 ATTENTION_LAYOUT = RecordLayout(
     csv_columns=_CSV_COLUMNS,
-    csv_rows=lambda record: [{key: record.get(key) for key in _CSV_COLUMNS}],
+    csv_rows=flat_rows(_CSV_COLUMNS),
     describe=_describe,
 )
 

@@ -20,7 +20,7 @@ from vitkit.models.loading import LoadedModel
 from vitkit.outputs import depth_maps
 from vitkit.outputs.artifacts import Artifacts, ImageFile
 from vitkit.outputs.files import OutputPlanner
-from vitkit.outputs.records import RecordLayout
+from vitkit.outputs.records import RecordLayout, flat_rows
 from vitkit.tasks.base import TaskResult
 
 _CSV_COLUMNS = ("path", "width", "height", "depth", "preview", "npy", "kind", "unit", "min", "max", "scale", "offset",
@@ -34,7 +34,7 @@ def _describe(record: dict[str, Any]) -> str:
 
 DEPTH_LAYOUT = RecordLayout(
     csv_columns=_CSV_COLUMNS,
-    csv_rows=lambda record: [{key: record.get(key) for key in _CSV_COLUMNS}],
+    csv_rows=flat_rows(_CSV_COLUMNS),
     describe=_describe,
 )
 

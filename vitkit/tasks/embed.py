@@ -14,7 +14,7 @@ from vitkit.inputs.data import ImagePreprocess, Sample
 from vitkit.models.backends import get_backend
 from vitkit.models.backends.open_clip_ import OpenClipAssets, encode_images, encode_texts
 from vitkit.models.loading import LoadedModel
-from vitkit.outputs.records import RecordLayout
+from vitkit.outputs.records import RecordLayout, flat_rows
 from vitkit.runtime.runner import model_context
 
 
@@ -24,9 +24,10 @@ def _describe(record: dict[str, Any]) -> str:
     return f"{len(record.get('embedding', []))}-d embedding"
 
 
+_CSV_COLUMNS = ("path", "width", "height", "row", "error")
 EMBED_LAYOUT = RecordLayout(
-    csv_columns=("path", "width", "height", "row", "error"),
-    csv_rows=lambda record: [{k: record.get(k) for k in ("path", "width", "height", "row", "error")}],
+    csv_columns=_CSV_COLUMNS,
+    csv_rows=flat_rows(_CSV_COLUMNS),
     describe=_describe,
 )
 

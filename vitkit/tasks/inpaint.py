@@ -25,7 +25,7 @@ from vitkit.models.backends.hf import HfAssets, processor_short_side
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.artifacts import Artifacts, ImageFile
 from vitkit.outputs.files import OutputPlanner
-from vitkit.outputs.records import RecordLayout
+from vitkit.outputs.records import RecordLayout, flat_rows
 from vitkit.tasks.base import TaskResult
 from vitkit.tasks.inpaint_masks import Box, PatchMasking, image_patch_mask, pixel_mask, read_mask_image
 
@@ -44,7 +44,7 @@ _CSV_COLUMNS = ("path", "width", "height", "masked_fraction", "output", "grid", 
 
 INPAINT_LAYOUT = RecordLayout(
     csv_columns=_CSV_COLUMNS,
-    csv_rows=lambda record: [{key: record.get(key) for key in _CSV_COLUMNS}],
+    csv_rows=flat_rows(_CSV_COLUMNS),
     describe=_describe,
 )
 
