@@ -19,6 +19,7 @@ runner = CliRunner()
 QUESTION = "Is there a cat in this image?"
 NEW_TOKENS = 8
 VLMS = ["llava", "idefics3"]
+PADDED_VLMS = ["idefics3", "qwen2vl"]  # their prompts' length follows the image's shape: batches are padded
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,10 +65,15 @@ def until_eos(ids: list[int], eos: int) -> list[int]:
 
 
 @torch.no_grad()
-def reference_generate(model, processor, images: list[Image.Image], question: str) -> list[list[int]]:
-    """transformers' own path: one processor call for the whole batch (left-padded), generate, new tokens."""
+def reference_generate(model, processor, images: list[Image.Image], question: str,
+                       ignore_padding: bool = False) -> list[list[int]]:
+    """transformers' own path: one processor call for the whole batch (left-padded), generate, new tokens.
+    `ignore_padding` shows the model the pad tokens (an all-ones attention mask): what a batch whose
+    padding leaks would answer."""
     prompt = prompt_for(processor, question)
     inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True)
+    if ignore_padding:
+        inputs["attention_mask"] = torch.ones_like(inputs["attention_mask"])
     output = model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
     eos = model.generation_config.eos_token_id
     return [until_eos(row, eos) for row in output[:, inputs["input_ids"].shape[1]:].tolist()]
@@ -87,13 +93,16 @@ def vitkit_tokens(path: Path, images: list[Image.Image], question: str) -> list[
     return [until_eos(row, eos) for row in output.tolist()]
 
 
-@pytest.mark.parametrize("name", VLMS)
+@pytest.mark.parametrize("name", [*VLMS, "qwen2vl"])
 def test_greedy_answers_are_generates_tokens_at_batch_1_and_batched(request, name: str, image_files: list[str]) -> None:
     path = vlm_dir(request, name)
     model, processor = upstream(path)
     images = decoded(image_files)
     one_by_one = [reference_generate(model, processor, [image], QUESTION)[0] for image in images]
+    assert len(set(map(tuple, one_by_one))) == len(images)  # every image its own answer: a mix-up would show
     assert reference_generate(model, processor, images, QUESTION) == one_by_one  # left padding changes nothing
+    if name in PADDED_VLMS:  # and it could have: the same batch with its padding visible answers otherwise
+        assert reference_generate(model, processor, images, QUESTION, ignore_padding=True) != one_by_one
     assert vitkit_tokens(path, images, QUESTION) == one_by_one
     assert vitkit_tokens(path, images[1:2], QUESTION) == one_by_one[1:2]
     texts = [processor.decode(ids, skip_special_tokens=True).strip() for ids in one_by_one]
@@ -102,25 +111,27 @@ def test_greedy_answers_are_generates_tokens_at_batch_1_and_batched(request, nam
                                   batch_size=batch_size, workers=0, draft=False, quiet=True))
         assert [r.answers[0].answer for r in records] == texts
         assert [(r.width, r.height) for r in records] == [im.size for im in images]
-    if name == "llava":
-        assert len(set(texts)) > 1  # the image changes the answer: a mixed-up batch would show
 
 
 @torch.no_grad()
 def reference_choice_probabilities(model, processor, image: Image.Image, question: str,
                                    choices: list[str]) -> list[float]:
-    """Each choice appended to the prompt alone (no padding), its tokens' log-probs summed; softmax over choices."""
-    inputs = processor(images=[image], text=[prompt_for(processor, question)], return_tensors="pt")
+    """Each choice written as the assistant's reply by the chat template, the conversation up to the end of
+    the choice's text run through the processor as one text (no padding), the log-probs of the tokens past
+    the generation prompt summed; softmax over the choices."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = prompt_for(processor, question)
+    start = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"].shape[1]
     scores = []
     for choice in choices:
-        ids = processor.tokenizer(choice, add_special_tokens=False)["input_ids"]
-        full = torch.cat([inputs["input_ids"], torch.tensor([ids])], dim=1)
-        length = inputs["input_ids"].shape[1]  # per-token extras (Qwen2-VL's mm_token_type_ids) grow with the choice
-        pixels = {k: torch.cat([v, v.new_zeros((1, len(ids)))], dim=1) if v.shape == (1, length) else v
-                  for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        logits = model(input_ids=full, attention_mask=torch.ones_like(full), **pixels).logits[0].double()
+        reply = {"role": "assistant", "content": [{"type": "text", "text": choice}]}
+        conversation = processor.apply_chat_template([*messages, reply])
+        through_choice = conversation[: conversation.index(choice, len(prompt)) + len(choice)]
+        inputs = processor(images=[image], text=[through_choice], return_tensors="pt")
+        logits = model(**inputs).logits[0].double()
         log_probs = logits.log_softmax(dim=-1)
-        start = inputs["input_ids"].shape[1]
+        ids = inputs["input_ids"][0, start:].tolist()
+        assert ids and inputs["input_ids"].shape[1] == start + len(ids)
         scores.append(sum(float(log_probs[start - 1 + j, token]) for j, token in enumerate(ids)))
     return torch.tensor(scores).softmax(dim=0).tolist()
 
@@ -152,20 +163,54 @@ def test_choices_with_flattened_patches_score_each_image_against_itself(tiny_qwe
                               workers=0, draft=False, quiet=True, device="cpu"))
     for record, image in zip(records, decoded(files)):
         expected = reference_choice_probabilities(model, processor, image, QUESTION, choices)
-        assert [record.answers[0].scores[c] for c in choices] == pytest.approx(expected, abs=1e-7)
+        assert [record.answers[0].scores[c] for c in choices] == pytest.approx(expected, abs=1e-5)
 
 
-def test_flattened_patches_are_repeated_image_by_image() -> None:
-    from vitkit.tasks.ask_choices import _per_row
+def test_flattened_patches_travel_one_row_per_image() -> None:
+    """Between the dataloader and the model a batch's dim 0 is the image (the runner slices it, choices
+    repeat it); the model gets the processor's flattened tensor back, padding dropped."""
+    from vitkit.tasks.ask import LeftPadCollate
+    from vitkit.tasks.vlm_batch import model_pixels, one_image_patches
 
-    grid = torch.tensor([[1, 2, 2], [1, 2, 4]])  # 4 patches, then 8
-    patches = torch.arange(12.0)[:, None].expand(12, 3)
-    rows = _per_row({"pixel_values": patches, "image_grid_thw": grid}, count=2)
-    first, second = patches[:4], patches[4:]
-    assert torch.equal(rows["pixel_values"], torch.cat([first, first, second, second]))
-    assert torch.equal(rows["image_grid_thw"], grid.repeat_interleave(2, dim=0))
-    batched = _per_row({"pixel_values": torch.arange(6.0).view(2, 3)}, count=3)["pixel_values"]
-    assert batched[:, 0].tolist() == [0, 0, 0, 3, 3, 3]
+    first, second = torch.arange(12.0).view(4, 3), 100 + torch.arange(24.0).view(8, 3)
+    items = [one_image_patches({"pixel_values": patches, "image_grid_thw": torch.tensor([grid])})
+             for patches, grid in ((first, [1, 2, 2]), (second, [1, 2, 4]))]
+    batch = LeftPadCollate(0)(items)
+    assert batch["pixel_values"].shape == (2, 8, 3)
+    assert torch.equal(model_pixels(batch)["pixel_values"], torch.cat([first, second]))
+    repeated = {name: value.repeat_interleave(2, dim=0) for name, value in batch.items()}
+    assert torch.equal(model_pixels(repeated)["pixel_values"], torch.cat([first, first, second, second]))
+    assert torch.equal(model_pixels({name: value[1:] for name, value in batch.items()})["pixel_values"], second)
+    plain = {"pixel_values": torch.zeros(2, 3, 8, 8)}
+    assert one_image_patches(plain) is plain and model_pixels(plain) is plain
+
+
+def test_out_of_memory_halves_a_flattened_patch_batch_image_by_image(tiny_qwen2vl_dir: Path, image_files: list[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's back-off slices a batch along dim 0: each half must hold its images' own patches."""
+    from vitkit.inputs.discover import InputItem
+    from vitkit.runtime.report import Reporter
+    from vitkit.runtime.runner import RunOptions, run
+    from vitkit.tasks.ask import AskOptions, AskTask
+
+    loaded = vitkit.load_model(str(tiny_qwen2vl_dir), task="ask", device="cpu")
+    task = AskTask(loaded, AskOptions((QUESTION,), max_new_tokens=NEW_TOKENS))
+    items, options = [InputItem(f) for f in image_files[:4]], RunOptions(batch_size=4, workers=0)
+
+    def answers() -> list[str]:
+        records = run(task, items, options, Reporter(stream=__import__("io").StringIO(), progress=False))
+        return [r.to_dict()["answers"][0]["answer"] for r in records]
+
+    clean, forward, sizes = answers(), task.forward, []
+
+    def short_of_memory(batch: dict[str, torch.Tensor]):
+        sizes.append(len(batch["image_grid_thw"]))
+        if sizes[-1] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (test double)")
+        return forward(batch)
+
+    monkeypatch.setattr(task, "forward", short_of_memory)
+    assert answers() == clean and sizes[:3] == [4, 2, 1] and len(set(clean)) > 1
 
 
 def ask_cli(*args: str) -> tuple[int, list[dict], str]:
@@ -223,6 +268,23 @@ def test_sampling_is_seeded(tiny_llava_dir: Path) -> None:
     sampled = answers("--temperature", "3", "--seed", "1")
     assert answers("--temperature", "3", "--seed", "1") == sampled
     assert answers() != sampled and answers("--temperature", "3", "--seed", "2") != sampled
+
+
+def test_sampling_leaves_the_callers_random_state_alone(tiny_llava_dir: Path) -> None:
+    """A library caller's own random stream goes on as if no batch had been sampled (the seed is the batch's)."""
+    from vitkit.inputs.data import ImageMeta
+    from vitkit.tasks.ask import AskOptions, AskTask
+
+    loaded = vitkit.load_model(str(tiny_llava_dir), task="ask", device="cpu")
+    task = AskTask(loaded, AskOptions((QUESTION,), max_new_tokens=4, temperature=3.0, seed=1))
+    image = decoded([str(SAMPLE_DATA / "coffee.jpg")])[0]
+    batch = task.collate_inputs([task.preprocess(image, ImageMeta("x", *image.size))])
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        first, second = task.forward(batch)[0], task.forward(batch)[0]
+    assert torch.equal(torch.rand(3), expected) and torch.equal(first, second)
 
 
 def test_system_prompt_only_when_asked(tiny_llava_dir: Path) -> None:

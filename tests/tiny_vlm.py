@@ -48,14 +48,21 @@ def text_config(vocab_size: int):
 
 def sharpen(model) -> None:
     """Random tiny models spread probability almost evenly; larger output weights give clear argmaxes
-    (ties would make greedy parity meaningless) and answers that differ between images."""
+    (ties would make greedy parity meaningless) and answers that differ between images. At the default
+    init (std 0.02) attention barely moves the residual stream, so each answer hangs on the last token
+    alone: an image or a padding token the attention mask fails to hide would change nothing. Louder
+    language-model weights make every answer depend on what the model attends to."""
     import torch
 
     with torch.no_grad():
         model.get_output_embeddings().weight.normal_(0, 2.0)
         for name, weight in model.named_parameters():
-            if ("projector" in name or "connector" in name) and weight.dim() == 2:
+            if weight.dim() != 2:
+                continue
+            if "projector" in name or "connector" in name:
                 weight.normal_(0, 1.0)  # image features loud enough to change the answer
+            elif "language_model" in name or "text_model" in name:
+                weight.normal_(0, 0.3)
 
 
 def build_tiny_llava(path: Path) -> Path:

@@ -17,6 +17,7 @@ from vitkit.inputs.data import ImageMeta, Sample
 from vitkit.models.backends.hf import HfAssets, processor_max_ratio
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout
+from vitkit.tasks.vlm_batch import model_pixels, one_image_patches
 
 DEFAULT_MAX_NEW_TOKENS = 64
 _TEXT_KEY = "{name}.{question}"  # batch key of a per-question text tensor: input_ids.0, attention_mask.1, ...
@@ -78,7 +79,7 @@ class PromptPreprocess:
             image = squash_long_side(image, max_ratio)
         inputs: dict[str, torch.Tensor] = {}
         for number, prompt in enumerate(self.prompts):
-            encoded = self.processor(images=[image], text=[prompt], return_tensors="pt")
+            encoded = one_image_patches(self.processor(images=[image], text=[prompt], return_tensors="pt"))
             ids_shape = encoded["input_ids"].shape  # (1, L)
             for name, value in encoded.items():
                 if not isinstance(value, torch.Tensor):
@@ -138,12 +139,20 @@ class AskTask:
         tokenizer = self.processor.tokenizer
         tokenizer.padding_side = "left"
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.preprocess = PromptPreprocess(self.processor, tuple(render_prompts(self.processor, self.options)))
+        prompts = render_prompts(self.processor, self.options)
+        self.preprocess = PromptPreprocess(self.processor, tuple(prompts))
         self.collate_inputs = LeftPadCollate(int(self.pad_token_id or 0))
         self.draft_size = self.model.draft_size
-        self.choice_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in self.options.choices]
-        if any(not ids for ids in self.choice_ids):
+        self.choice_ids = [self._choice_ids(prompt, question) for prompt, question in zip(prompts, self.options.questions)]
+
+    def _choice_ids(self, prompt: str, question: str) -> list[list[int]]:
+        from vitkit.tasks.ask_choices import choice_token_ids
+
+        messages = build_messages(question, self.options.system)
+        ids = [choice_token_ids(self.processor, prompt, messages, choice) for choice in self.options.choices]
+        if any(not choice for choice in ids):
             raise UsageError("every choice needs at least one token", hint="drop empty choices from --choices")
+        return ids
 
     def forward(self, batch: dict[str, torch.Tensor]) -> list[Any]:
         """-> per question: (B, T) generated token ids, or (B, C) choice probabilities."""
@@ -155,7 +164,7 @@ class AskTask:
             if self.options.choices:
                 from vitkit.tasks.ask_choices import choice_probabilities
 
-                results.append(choice_probabilities(self.model.module, pixels, text, self.choice_ids,
+                results.append(choice_probabilities(self.model.module, pixels, text, self.choice_ids[number],
                                                     self.pad_token_id))
             else:
                 results.append(self._generate(pixels, text))
@@ -165,12 +174,17 @@ class AskTask:
         sampling = self.options.temperature is not None and self.options.temperature > 0
         settings: dict[str, Any] = dict(do_sample=sampling, max_new_tokens=self.options.max_new_tokens,
                                         pad_token_id=self.pad_token_id, use_cache=True)
-        if sampling:
-            torch.manual_seed(self.options.seed)  # a batch's answers depend on the seed alone
-            settings["temperature"] = self.options.temperature
-        else:  # a checkpoint's generation_config may ask for sampling settings that greedy ignores
+        if not sampling:  # a checkpoint's generation_config may ask for sampling settings that greedy ignores
             settings.update(temperature=None, top_p=None, top_k=None)
-        output = self.model.module.generate(**pixels, **text, **settings)
+            output = self.model.module.generate(**model_pixels(pixels), **text, **settings)
+            return output[:, text["input_ids"].shape[1]:]
+        device = self.model.device
+        # Every batch draws from the same seed (a run is repeatable) without disturbing the caller's
+        # global random state, which generate() offers no other way to keep.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.options.seed)
+            output = self.model.module.generate(**model_pixels(pixels), **text, **settings,
+                                                temperature=self.options.temperature)
         return output[:, text["input_ids"].shape[1]:]  # (B, T): the new tokens only
 
     def postprocess(self, outputs: list[torch.Tensor], samples: Sequence[Sample]) -> list[dict[str, Any]]:

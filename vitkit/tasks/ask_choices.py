@@ -9,8 +9,41 @@ exactly as in an unpadded call, with no position ids to pass (some models derive
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
+
+from vitkit.tasks.vlm_batch import model_pixels
+
+
+def choice_token_ids(processor: Any, prompt: str, messages: list[dict[str, Any]], choice: str) -> list[int]:
+    """The tokens of `choice` as the model would write it as its reply to `prompt` (rendered from `messages`
+    with the generation prompt). The chat template says what comes between the generation prompt and the
+    reply's text (a space after LLaVA's "ASSISTANT:" and SmolVLM's "Assistant:", nothing after Qwen's
+    "assistant\\n"), and the prompt and reply are tokenised together, so a token that would merge across
+    the boundary is the one the model would have produced. Falls back to the choice tokenised alone."""
+    tokenizer = processor.tokenizer
+    lead = _reply_lead(processor, prompt, messages, choice)
+    alone = tokenizer(lead + choice, add_special_tokens=False)["input_ids"]
+    before = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    joined = tokenizer(prompt + lead + choice, add_special_tokens=False)["input_ids"]
+    if joined[:len(before)] == before and len(joined) > len(before):
+        return joined[len(before):]
+    return alone
+
+
+def _reply_lead(processor: Any, prompt: str, messages: list[dict[str, Any]], choice: str) -> str:
+    """The text the chat template puts between the generation prompt and an assistant reply."""
+    reply = {"role": "assistant", "content": [{"type": "text", "text": choice}]}
+    try:
+        rendered = processor.apply_chat_template([*messages, reply])
+    except Exception:  # a template that cannot render an assistant turn: the choice follows the prompt as is
+        return ""
+    if not isinstance(rendered, str) or not rendered.startswith(prompt):
+        return ""
+    rest = rendered[len(prompt):]
+    at = rest.find(choice)
+    return rest[:at] if 0 <= at <= 2 and not rest[:at].strip() else ""
 
 
 def choice_probabilities(module: torch.nn.Module, pixels: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
@@ -28,7 +61,7 @@ def choice_probabilities(module: torch.nn.Module, pixels: dict[str, torch.Tensor
             starts.append(len(prompt["input_ids"]))
     batch = {name: _right_pad([row[name] for row in rows], pad_token_id if name == "input_ids" else 0)
              for name in rows[0]}
-    repeated = _per_row(pixels, count)
+    repeated = model_pixels({name: value.repeat_interleave(count, dim=0) for name, value in pixels.items()})
     # Position p predicts token p + 1: the choice's tokens are predicted from start - 1 on.
     needed = sorted({start - 1 + j for start, ids in zip(starts, choice_ids * images) for j in range(len(ids))})
     arguments = {}
@@ -42,21 +75,6 @@ def choice_probabilities(module: torch.nn.Module, pixels: dict[str, torch.Tensor
         for row, (start, ids) in enumerate(zip(starts, choice_ids * images))
     ])
     return scores.view(images, count).softmax(dim=-1)
-
-
-def _per_row(pixels: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
-    """Each image's vision inputs `count` times over, image by image, to go with its `count` choice rows.
-    Most processors give (B, ...) tensors; Qwen2-VL-style ones flatten every image's patches into one
-    (N, D) tensor, each image's share given by its (t, h, w) grid in `image_grid_thw`."""
-    grid = pixels.get("image_grid_thw")  # (B, 3)
-    repeated = {}
-    for name, value in pixels.items():
-        if name == "pixel_values" and grid is not None:
-            blocks = value.split(grid.prod(dim=-1).tolist())  # one (n_i, D) block per image
-            repeated[name] = torch.cat([block for block in blocks for _ in range(count)])
-        else:
-            repeated[name] = value.repeat_interleave(count, dim=0)
-    return repeated
 
 
 def _extend(name: str, value: torch.Tensor, length: int) -> torch.Tensor:
