@@ -20,7 +20,19 @@ runner = CliRunner()
 TASKS = {"brief": "<CAPTION>", "detailed": "<DETAILED_CAPTION>", "paragraph": "<MORE_DETAILED_CAPTION>"}
 NEW_TOKENS = 47  # the tiny model's default: its 48 decoder positions less the start token
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_for_good():
+    """conftest's one_thread, after vitkit's once-per-process thread setup has run: otherwise the first
+    model load in this module sets every core again, and beam search on a busy machine slows ten-fold."""
+    from vitkit.models.acceleration import configure_threads
+
+    configure_threads()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +103,11 @@ def test_detail_levels_are_different_tasks(tiny_florence2_dir: Path) -> None:
     assert len({tuple(c) for c in captions.values()}) == 3
 
 
-def test_cli_end_to_end_with_sidecars_and_broken_files(tiny_florence2_dir: Path, photos: Path) -> None:
+def test_cli_end_to_end_with_sidecars_and_broken_files(tiny_florence2_dir: Path, photos: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A real subprocess with dataloader workers (the processor runs there): records in input order,
     broken files in their slots, each caption in its sidecar file, equal to the library's."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # vitkit's own thread count for the subprocess: see above
     result = run_vitkit("caption", str(photos), "--model", str(tiny_florence2_dir), "--detail", "detailed",
                         "--sidecar", "--workers", "1", "-b", "4")
     records = parse_jsonl(result.stdout)
