@@ -151,7 +151,7 @@ def test_end_to_end_with_broken_files(captioner_dir: Path, mixed_samples: Path, 
     assert code == 0 and csv_file.read_text().splitlines()[0] == "path,width,height,caption,error"
 
 
-@pytest.mark.parametrize("captioner_dir", ["coca", "vlm"], indirect=True)  # Florence-2 refuses it (test_caption_tasks)
+@pytest.mark.parametrize("captioner_dir", ["coca", "vlm"], indirect=True)  # Florence-2 refuses --prefix
 def test_prefix_starts_every_caption(captioner_dir: Path) -> None:
     code, records, _ = caption_cli(str(SAMPLE_DATA / "chelsea.jpg"), str(SAMPLE_DATA / "rocket.jpg"),
                                    "--model", str(captioner_dir), "--greedy", "--prefix", "A photo of")

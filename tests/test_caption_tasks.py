@@ -130,6 +130,8 @@ def test_ask_refuses_a_task_token_model(tiny_florence2_dir: Path) -> None:
     assert result.exit_code == 2
     assert "not free questions" in result.stderr and "vitkit caption" in result.stderr
     assert "chat template" not in result.stderr
+    result = runner.invoke(app, ["ask", str(SAMPLE_DATA / "coffee.jpg"), "--model", "florence-2-b", "-Q", "Cat?"])
+    assert result.exit_code == 2 and "cannot ask; it can: caption" in result.stderr  # the catalogue knows first
 
 
 @pytest.mark.parametrize("args,message", [
