@@ -165,3 +165,15 @@ def test_catalogue_lists_florence_for_captions() -> None:
     spec = resolve_any("florence-2-b")
     assert spec.source == "florence-community/Florence-2-base" and spec.capabilities == {"caption"}
     assert spec.params_millions == pytest.approx(231.4)
+
+
+def test_paragraph_detail_for_a_chat_model_is_a_question(tiny_llava_dir: Path) -> None:
+    """--detail paragraph is one more prompt for chat models; Florence-2 runs <MORE_DETAILED_CAPTION> (above)."""
+    result = runner.invoke(app, ["caption", str(SAMPLE_DATA / "coffee.jpg"), "-m", str(tiny_llava_dir),
+                                 "--detail", "paragraph", "--max-length", "4"])
+    assert result.exit_code == 0 and parse_jsonl(result.stdout)[0]["caption"]
+    from vitkit.tasks.ask import VlmCaptionTask
+
+    loaded = vitkit.load_model(str(tiny_llava_dir), task="caption", device="cpu")
+    prompt = VlmCaptionTask(loaded, "paragraph", 4, None).preprocess.prompts[0]
+    assert prompt.endswith("Describe this image in a paragraph.\nASSISTANT:")

@@ -1,5 +1,6 @@
-"""Tiny random vision-language models saved with save_pretrained: a LLaVA (CLIP vision tower + Llama) and an
-Idefics3/SmolVLM (SigLIP-style tower + Llama), each with a BPE tokenizer trained here and a chat template."""
+"""Tiny random vision-language models saved with save_pretrained: a LLaVA (CLIP vision tower + Llama), an
+Idefics3/SmolVLM (SigLIP-style tower + Llama) and a Qwen2-VL, each with a BPE tokenizer trained here and a chat
+template; and a Florence-2 (DaViT + BART), which answers task tokens and has no chat template."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ SMOLVLM_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 
 
-def train_tokenizer(special_tokens: list[str], **named: str):
+def train_tokenizer(special_tokens: list[str], sentences: list[str] = SENTENCES, **named: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -33,7 +34,7 @@ def train_tokenizer(special_tokens: list[str], **named: str):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>", "<pad>", *special_tokens],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(SENTENCES, trainer)
+    tokenizer.train_from_iterator(sentences, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", **named)
 
@@ -155,8 +156,8 @@ def build_tiny_florence2(path: Path) -> Path:
                               Florence2Processor, Florence2VisionConfig, GenerationConfig)
 
     torch.manual_seed(0)
-    SENTENCES.extend(s for s in FLORENCE_SENTENCES if s not in SENTENCES)
-    tokenizer = train_tokenizer(["<image>"], extra_special_tokens={"image_token": "<image>"})
+    tokenizer = train_tokenizer(["<image>"], SENTENCES + FLORENCE_SENTENCES,
+                                extra_special_tokens={"image_token": "<image>"})
     ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=3, decoder_start_token_id=2)
     text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
