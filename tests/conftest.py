@@ -248,6 +248,14 @@ def tiny_idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_florence2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Florence-2 (DaViT + BART) with its task-token processor and no chat template (tests/tiny_vlm.py)."""
+    from tests.tiny_vlm import build_tiny_florence2
+
+    return build_tiny_florence2(tmp_path_factory.mktemp("models") / "tiny-florence2")
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2-VL: flattened patches for the whole batch in one tensor (tests/tiny_vlm.py)."""
     from tests.tiny_vlm import build_tiny_qwen2vl

@@ -111,10 +111,14 @@ def test_beam_search_scores_at_least_greedy(coca, images, num_beams: int) -> Non
         assert score >= greedy_score - 1e-5
 
 
-@pytest.fixture(params=["coca", "vlm"])
+CAPTIONERS = {"coca": "tiny_coca_dir", "vlm": "tiny_llava_dir", "florence": "tiny_florence2_dir"}
+
+
+@pytest.fixture(params=list(CAPTIONERS))
 def captioner_dir(request: pytest.FixtureRequest) -> Path:
-    """The caption command's file semantics hold whatever writes the captions: CoCa, or a vision-language model."""
-    return request.getfixturevalue("tiny_coca_dir" if request.param == "coca" else "tiny_llava_dir")
+    """The caption command's file semantics hold whatever writes the captions: CoCa, a vision-language
+    model, or Florence-2's captioning tasks."""
+    return request.getfixturevalue(CAPTIONERS[request.param])
 
 
 def caption_cli(*args: str) -> tuple[int, list[dict], str]:
@@ -147,6 +151,7 @@ def test_end_to_end_with_broken_files(captioner_dir: Path, mixed_samples: Path, 
     assert code == 0 and csv_file.read_text().splitlines()[0] == "path,width,height,caption,error"
 
 
+@pytest.mark.parametrize("captioner_dir", ["coca", "vlm"], indirect=True)  # Florence-2 refuses --prefix
 def test_prefix_starts_every_caption(captioner_dir: Path) -> None:
     code, records, _ = caption_cli(str(SAMPLE_DATA / "chelsea.jpg"), str(SAMPLE_DATA / "rocket.jpg"),
                                    "--model", str(captioner_dir), "--greedy", "--prefix", "A photo of")

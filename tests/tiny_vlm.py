@@ -1,5 +1,6 @@
-"""Tiny random vision-language models saved with save_pretrained: a LLaVA (CLIP vision tower + Llama) and an
-Idefics3/SmolVLM (SigLIP-style tower + Llama), each with a BPE tokenizer trained here and a chat template."""
+"""Tiny random vision-language models saved with save_pretrained: a LLaVA (CLIP vision tower + Llama), an
+Idefics3/SmolVLM (SigLIP-style tower + Llama) and a Qwen2-VL, each with a BPE tokenizer trained here and a chat
+template; and a Florence-2 (DaViT + BART), which answers task tokens and has no chat template."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ SMOLVLM_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 
 
-def train_tokenizer(special_tokens: list[str], **named: str):
+def train_tokenizer(special_tokens: list[str], sentences: list[str] = SENTENCES, **named: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -33,7 +34,7 @@ def train_tokenizer(special_tokens: list[str], **named: str):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>", "<pad>", *special_tokens],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(SENTENCES, trainer)
+    tokenizer.train_from_iterator(sentences, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", **named)
 
@@ -143,6 +144,50 @@ def build_tiny_qwen2vl(path: Path) -> Path:
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
                                  video_processor=Qwen2VLVideoProcessor(), tokenizer=tokenizer,
                                  chat_template=QWEN2VL_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+FLORENCE_SENTENCES = ["What does the image describe?", "Describe in detail what is shown in the image.",
+                      "Describe with a paragraph what is shown in the image.", "a cat on a red couch"]
+
+
+def build_tiny_florence2(path: Path) -> Path:
+    """Florence-2: a DaViT tower and a BART encoder-decoder that answers task tokens (<CAPTION>, ...), which
+    its processor turns into its own prompts; no chat template. Two DaViT stages at 32 pixels: 4 x 4
+    spatial tokens plus one temporal token. 48 positions hold the encoder's 17 image tokens and prompt,
+    and keep random captions short."""
+    import torch
+    from transformers import (BartConfig, CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration,
+                              Florence2Processor, Florence2VisionConfig, GenerationConfig)
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["<image>"], SENTENCES + FLORENCE_SENTENCES,
+                                extra_special_tokens={"image_token": "<image>"})
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=3, decoder_start_token_id=2)
+    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                      max_position_embeddings=48, forced_eos_token_id=2, **ids)
+    vision = Florence2VisionConfig(depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1),
+                                   patch_prenorm=(False, True), embed_dim=(16, 32), num_heads=(2, 4),
+                                   num_groups=(2, 4), window_size=2, projection_dim=32, max_position_embeddings=8)
+    config = Florence2Config(vision_config=vision, text_config=text,
+                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    model = Florence2ForConditionalGeneration(config).eval()
+    sharpen(model)
+    with torch.no_grad():  # an encoder-decoder hears the image only through cross-attention: make it loud
+        for name, weight in model.named_parameters():
+            if "encoder_attn." in name and weight.dim() == 2:
+                weight.normal_(0, 1.0)
+    # The hub checkpoints' own generation settings (florence-community/Florence-2-base's generation_config).
+    model.generation_config = GenerationConfig(num_beams=3, no_repeat_ngram_size=3, early_stopping=True,
+                                               forced_bos_token_id=1, forced_eos_token_id=2, **ids)
+    image_processor = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False,
+                                         image_seq_length=17)
+    # The parsers post_process_generation may use: the hub checkpoints list every task's; captions need pure_text.
+    parsers = {name: {} for name in ("pure_text", "description_with_bboxes", "bboxes", "polygons")}
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer, post_processor_config=parsers)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

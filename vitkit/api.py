@@ -166,8 +166,9 @@ def caption(inputs: Source | Sequence[Source] | None = None, *, max_length: int 
             beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
             on_exists: str | None = None, html: str | None = None, detail: str | None = None,
             **options: Unpack[Options]) -> Iterator[Record]:
-    """Captions (default model coca-b32; or a vision-language model such as smolvlm-256m, with `detail`
-    brief or detailed): `record.caption`; with `sidecar`, also `photo.txt` beside `photo.jpg`."""
+    """Captions (default model coca-b32; or a vision-language model such as smolvlm-256m, or Florence-2's
+    own captioning tasks with florence-2-b, with `detail` brief, detailed or paragraph): `record.caption`;
+    with `sidecar`, also `photo.txt` beside `photo.jpg`."""
     quiet = bool(options.get("quiet", False))
     return _records(jobs.plan_caption, inputs, dict(options), max_length=max_length, beams=beams, greedy=greedy,
                     prefix=prefix, sidecar=sidecar, on_exists=on_exists, html=html, quiet=quiet, detail=detail)

@@ -262,12 +262,17 @@ def plan_ask(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *,
                          0.5 if threshold is None else threshold)
     found = collect_inputs(inputs)
     # one image a batch on a CPU: batch 8 measured no faster per image there (benchmarks/ask.py); 4 on a GPU
-    return make_job(AskTask(model.load(ASK), options), found, batch.run_options(default_batch_size=1), html=html)
+    loaded = model.load(ASK)
+    from vitkit.tasks.caption_tasks import refuse_questions
+
+    refuse_questions(getattr(loaded.assets, "processor", None), loaded.spec.id)
+    return make_job(AskTask(loaded, options), found, batch.run_options(default_batch_size=1), html=html)
 
 
 def _caption_task(loaded: "LoadedModel", max_length: int | None, beams: int | None, greedy: bool,
                   prefix: str | None, detail: str | None) -> "Task":
-    """CoCa's own decoder, or a vision-language model asked for a caption (greedy, up to max_length new tokens)."""
+    """CoCa's own decoder, a task-token model's captioning task (beam search), or a vision-language model
+    asked for a caption (greedy); for the last two max_length counts new tokens."""
     from vitkit.models.backends.hf import HfAssets
     from vitkit.tasks.caption import CaptionTask, resolve_beams
 
@@ -275,6 +280,10 @@ def _caption_task(loaded: "LoadedModel", max_length: int | None, beams: int | No
         if detail is not None:
             raise UsageError("--detail applies to vision-language models", hint="e.g. --model smolvlm-256m")
         return CaptionTask(loaded, max_length, resolve_beams(beams, greedy), prefix)
+    from vitkit.tasks.caption_tasks import TaskTokenCaptionTask, answers_task_tokens
+
+    if answers_task_tokens(loaded.assets.processor):  # Florence-2: its own captioning tasks, by beam search
+        return TaskTokenCaptionTask(loaded, detail or "brief", max_length, resolve_beams(beams, greedy), prefix)
     from vitkit.tasks.ask import DEFAULT_MAX_NEW_TOKENS, VlmCaptionTask
 
     if beams not in (None, 1):

@@ -13,7 +13,7 @@ from vitkit.pipeline import BatchOptions, InputOptions, ModelOptions, OutputOpti
 MaxLength = Annotated[Optional[int], typer.Option(
     "--max-length", min=2, show_default=False,
     help="Longest caption in tokens, counting the start token and --prefix (a token is about 3/4 of a word). "
-         "Default 30, or the model's context length if shorter.")]
+         "Default 30, or the model's context length if shorter. With --detail's models it counts new tokens.")]
 Beams = Annotated[Optional[int], typer.Option(
     "--beams", min=1, show_default=False,
     help="Beam search width. Default 3 (open_clip uses 6, in 3 diverse groups); on CPU 3 beams take about "
@@ -27,18 +27,21 @@ Sidecar = Annotated[bool, typer.Option(
 OnExists = Annotated[Optional[Literal["skip", "overwrite"]], typer.Option(
     "--on-exists", show_default=False,
     help="With --sidecar, for images whose caption file exists: skip (default; no record, no model run) or overwrite.")]
-Detail = Annotated[Optional[Literal["brief", "detailed"]], typer.Option(
+Detail = Annotated[Optional[Literal["brief", "detailed", "paragraph"]], typer.Option(
     "--detail", show_default=False,
     help="For a vision-language --model (e.g. smolvlm-256m): brief asks 'Describe this image in one sentence.' "
-         "(default), detailed 'Describe this image in detail.'; --max-length then counts new tokens (default 64).")]
+         "(default), detailed 'Describe this image in detail.', paragraph 'Describe this image in a paragraph.'; "
+         "--max-length then counts new tokens (default 64). Florence-2 (florence-2-b) runs its own tasks: "
+         "<CAPTION>, <DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>, by beam search (--beams, default 3).")]
 
 
 @command()
 def caption(inputs: InputOptions, max_length: MaxLength = None, beams: Beams = None, greedy: Greedy = False,
             prefix: Prefix = None, sidecar: Sidecar = False, on_exists: OnExists = None, detail: Detail = None, *,
             model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
-    """Caption images with a CoCa model (default: coca-b32), by beam search (3 beams) or --greedy, or with a
-    vision-language model asked to describe each image (--model smolvlm-256m --detail brief|detailed).
+    """Caption images with a CoCa model (default: coca-b32), by beam search (3 beams) or --greedy, with a
+    vision-language model asked to describe each image (--model smolvlm-256m --detail brief|detailed|paragraph),
+    or with Florence-2's own captioning tasks (--model florence-2-b).
 
     Example: vitkit caption photos/ --sidecar
     """

@@ -115,6 +115,9 @@ CATALOGUE: dict[str, ModelSpec] = {
         _alias("smolvlm-500m", TRANSFORMERS, "HuggingFaceTB/SmolVLM-500M-Instruct", VLM_CAPABILITIES,
                "SmolVLM-500M-Instruct (Idefics3: SigLIP-B/16 93M + SmolLM2-360M), a larger language model",
                507.5),
+        _alias("florence-2-b", TRANSFORMERS, "florence-community/Florence-2-base", frozenset({CAPTION}),
+               "Florence-2 base (DaViT + BART), captions through its own tasks (--detail brief|detailed|paragraph); "
+               "parameters counted from the architecture", 231.4),
         _alias("llava-1.5-7b", TRANSFORMERS, "llava-hf/llava-1.5-7b-hf", VLM_CAPABILITIES,
                "LLaVA-1.5 7B (CLIP ViT-L/14 at 336 px + Vicuna-7B), a GPU model (about 14 GB in bf16)", 7063.4),
     )

@@ -208,7 +208,8 @@ class AskTask:
 
 
 # `caption --detail`: what a VLM is asked for a caption.
-CAPTION_PROMPTS = {"brief": "Describe this image in one sentence.", "detailed": "Describe this image in detail."}
+CAPTION_PROMPTS = {"brief": "Describe this image in one sentence.", "detailed": "Describe this image in detail.",
+                   "paragraph": "Describe this image in a paragraph."}
 
 
 class VlmCaptionTask(AskTask):
