@@ -263,11 +263,40 @@ def tiny_qwen2vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "tiny-qwen2vl")
 
 
+@pytest.fixture(scope="session")
+def vlm_photos(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Photos of different shapes for vision-language models: a wide PNG (fewer Idefics3 tiles, a shorter
+    prompt, so a batch is padded) and an EXIF-rotated PNG among them."""
+    from PIL import Image
+
+    from tests.corpus import oriented_png
+
+    folder = tmp_path_factory.mktemp("vlm-photos")
+    wide = folder / "wide.png"
+    Image.open(SAMPLE_DATA / "rocket.jpg").convert("RGB").resize((300, 60)).save(wide)
+    rotated = oriented_png(folder, 6, Image.open(SAMPLE_DATA / "chelsea.jpg").convert("RGB").resize((90, 60)))
+    return [str(SAMPLE_DATA / "astronaut.jpg"), str(wide), str(SAMPLE_DATA / "coffee.jpg"), str(rotated),
+            str(SAMPLE_DATA / "hubble_deep_field.jpg")]
+
+
+def displayed(path: str) -> "Image.Image":
+    """An image as displayed (EXIF orientation applied), RGB: what a model is shown, by PIL alone."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine waiting threads slow them down ten-fold."""
+    """Tiny models gain nothing from threads, and on a busy machine waiting threads slow them down ten-fold.
+    vitkit's once-per-process thread setup runs first: otherwise a module's first model load would set
+    every core again."""
     import torch
 
+    from vitkit.models.acceleration import configure_threads
+
+    configure_threads()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -11,8 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vitkit
-from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl, run_vitkit
-from tests.corpus import oriented_png
+from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, displayed, parse_jsonl, run_vitkit
 from vitkit.cli import app
 
 runner = CliRunner()
@@ -26,15 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """Photos of different shapes, a wide image (fewer Idefics3 tiles: a shorter prompt, so a batch is
-    padded) and an EXIF-rotated one."""
-    folder = tmp_path_factory.mktemp("ask-images")
-    wide = folder / "wide.png"
-    Image.open(SAMPLE_DATA / "rocket.jpg").convert("RGB").resize((300, 60)).save(wide)
-    rotated = oriented_png(folder, 6, Image.open(SAMPLE_DATA / "chelsea.jpg").convert("RGB").resize((90, 60)))
-    return [str(SAMPLE_DATA / "astronaut.jpg"), str(wide), str(SAMPLE_DATA / "coffee.jpg"), str(rotated),
-            str(SAMPLE_DATA / "hubble_deep_field.jpg")]
+def image_files(vlm_photos: list[str]) -> list[str]:
+    return vlm_photos
 
 
 def vlm_dir(request: pytest.FixtureRequest, name: str) -> Path:
@@ -50,9 +42,7 @@ def upstream(path: Path):
 
 
 def decoded(files: list[str]) -> list[Image.Image]:
-    from vitkit.inputs.decode import decode_image
-
-    return [decode_image(f).image for f in files]  # as vitkit shows the model an image (EXIF applied, RGB)
+    return [displayed(f) for f in files]
 
 
 def prompt_for(processor, question: str) -> str:
@@ -331,13 +321,20 @@ def test_catalogue_model_not_cached_says_how_to_pull() -> None:
     assert result.exit_code != 0 and "vitkit models pull smolvlm-256m" in result.stderr
 
 
-def test_vlm_caption_prompts_by_detail(tiny_llava_dir: Path) -> None:
-    from vitkit.tasks.ask import VlmCaptionTask
+def test_vlm_caption_prompts_by_detail(tiny_llava_dir: Path, tiny_qwen2vl_dir: Path) -> None:
+    from vitkit.errors import UsageError
+    from vitkit.tasks.ask import AskOptions, AskTask, VlmCaptionTask
 
     loaded = vitkit.load_model(str(tiny_llava_dir), task="caption", device="cpu")
     assert "in one sentence" in VlmCaptionTask(loaded, "brief", 8, None).preprocess.prompts[0]
     detailed = VlmCaptionTask(loaded, "detailed", 8, "A photo").preprocess.prompts[0]
     assert detailed.endswith("Describe this image in detail.\nASSISTANT: A photo")
+    # the prefix begins the reply as the chat template writes one: Qwen's has no space after its header
+    qwen = vitkit.load_model(str(tiny_qwen2vl_dir), task="caption", device="cpu")
+    assert VlmCaptionTask(qwen, "brief", 8, "A photo").preprocess.prompts[0].endswith(
+        "<|im_start|>assistant\nA photo")
+    with pytest.raises(UsageError, match="cannot follow an answer prefix"):
+        AskTask(loaded, AskOptions((QUESTION,), choices=("yes", "no"), answer_prefix="The answer is"))
     for args, message in ((["--beams", "3"], "decoded greedily"), (["--detail", "fast"], "--detail")):
         result = runner.invoke(app, ["caption", str(SAMPLE_DATA / "coffee.jpg"), "-m", str(tiny_llava_dir), *args])
         assert result.exit_code == 2 and message in result.stderr

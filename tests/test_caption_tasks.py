@@ -12,37 +12,19 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vitkit
-from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, parse_jsonl, run_vitkit
-from tests.corpus import oriented_png
+from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, displayed, parse_jsonl, run_vitkit
 from vitkit.cli import app
 
 runner = CliRunner()
 TASKS = {"brief": "<CAPTION>", "detailed": "<DETAILED_CAPTION>", "paragraph": "<MORE_DETAILED_CAPTION>"}
 NEW_TOKENS = 47  # the tiny model's default: its 48 decoder positions less the start token
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_for_good():
-    """conftest's one_thread, after vitkit's once-per-process thread setup has run: otherwise the first
-    model load in this module sets every core again, and beam search on a busy machine slows ten-fold."""
-    from vitkit.models.acceleration import configure_threads
-
-    configure_threads()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """Photos of different sizes, a wide PNG and an EXIF-rotated PNG."""
-    folder = tmp_path_factory.mktemp("florence-images")
-    wide = folder / "wide.png"
-    Image.open(SAMPLE_DATA / "rocket.jpg").convert("RGB").resize((300, 60)).save(wide)
-    rotated = oriented_png(folder, 6, Image.open(SAMPLE_DATA / "chelsea.jpg").convert("RGB").resize((90, 60)))
-    return [str(SAMPLE_DATA / "astronaut.jpg"), str(wide), str(SAMPLE_DATA / "coffee.jpg"), str(rotated)]
+def image_files(vlm_photos: list[str]) -> list[str]:
+    return vlm_photos[:4]
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +35,15 @@ def upstream(tiny_florence2_dir: Path):
     return model, AutoProcessor.from_pretrained(tiny_florence2_dir)
 
 
-def displayed(path: str) -> Image.Image:
-    from PIL import ImageOps
-
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
-
-
 @torch.no_grad()
-def reference_caption(model, processor, image: Image.Image, task: str, num_beams: int) -> str:
-    """transformers' own path for one image, as its Florence-2 docs write it."""
+def reference_caption(model, processor, image: Image.Image, task: str, num_beams: int,
+                      tokens: list[int] | None = None) -> str:
+    """transformers' own path for one image, as its Florence-2 docs write it (`tokens` gets the number
+    of tokens generated)."""
     inputs = processor(text=task, images=image, return_tensors="pt")
     ids = model.generate(**inputs, max_new_tokens=NEW_TOKENS, num_beams=num_beams, do_sample=False)
+    if tokens is not None:
+        tokens.append(ids.shape[1])
     text = processor.batch_decode(ids, skip_special_tokens=False)[0]
     caption = processor.post_process_generation(text, task=task, image_size=image.size)[task]
     return " ".join(caption.split())
@@ -76,8 +55,11 @@ def test_captions_are_transformers_own_at_batch_1_and_batched(upstream, tiny_flo
                                                                beams: int | None) -> None:
     model, processor = upstream
     images = [displayed(f) for f in image_files]
-    expected = [reference_caption(model, processor, image, TASKS[detail], beams or 3) for image in images]
+    tokens: list[int] = []
+    expected = [reference_caption(model, processor, image, TASKS[detail], beams or 3, tokens) for image in images]
     assert len(set(expected)) == len(expected)  # every image its own caption: a mixed-up batch would show
+    if detail != "paragraph":  # rows of their own lengths: a batch's shorter rows are padded past their end
+        assert len(set(tokens)) > 1  # (greedy paragraphs of the tiny model all run to its limit)
     for batch_size in (1, 3):
         records = list(vitkit.caption(image_files, model=str(tiny_florence2_dir), detail=detail, beams=beams,
                                       batch_size=batch_size, workers=0, draft=False, quiet=True))
@@ -150,7 +132,7 @@ def test_task_tokens_are_detected_by_what_the_processor_offers(upstream, tiny_fl
     from transformers import AutoProcessor
 
     from vitkit.models.registry import resolve_any
-    from vitkit.tasks.caption_tasks import answers_task_tokens
+    from vitkit.tasks.ask import answers_task_tokens
 
     assert answers_task_tokens(upstream[1])
     assert not answers_task_tokens(AutoProcessor.from_pretrained(tiny_llava_dir))

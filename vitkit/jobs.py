@@ -262,11 +262,7 @@ def plan_ask(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *,
                          0.5 if threshold is None else threshold)
     found = collect_inputs(inputs)
     # one image a batch on a CPU: batch 8 measured no faster per image there (benchmarks/ask.py); 4 on a GPU
-    loaded = model.load(ASK)
-    from vitkit.tasks.caption_tasks import refuse_questions
-
-    refuse_questions(getattr(loaded.assets, "processor", None), loaded.spec.id)
-    return make_job(AskTask(loaded, options), found, batch.run_options(default_batch_size=1), html=html)
+    return make_job(AskTask(model.load(ASK), options), found, batch.run_options(default_batch_size=1), html=html)
 
 
 def _caption_task(loaded: "LoadedModel", max_length: int | None, beams: int | None, greedy: bool,
@@ -280,7 +276,8 @@ def _caption_task(loaded: "LoadedModel", max_length: int | None, beams: int | No
         if detail is not None:
             raise UsageError("--detail applies to vision-language models", hint="e.g. --model smolvlm-256m")
         return CaptionTask(loaded, max_length, resolve_beams(beams, greedy), prefix)
-    from vitkit.tasks.caption_tasks import TaskTokenCaptionTask, answers_task_tokens
+    from vitkit.tasks.ask import answers_task_tokens
+    from vitkit.tasks.caption_tasks import TaskTokenCaptionTask
 
     if answers_task_tokens(loaded.assets.processor):  # Florence-2: its own captioning tasks, by beam search
         return TaskTokenCaptionTask(loaded, detail or "brief", max_length, resolve_beams(beams, greedy), prefix)

@@ -47,7 +47,7 @@ class AskOptions:
     seed: int = 0  # for sampling: every batch starts from this seed
     keep: str | None = None  # a choice: records get `match` = its probability >= threshold for every question
     threshold: float = 0.5
-    answer_prefix: str = ""  # text the answer starts with (caption --prefix): the model continues it
+    answer_prefix: str = ""  # text the answer starts with (caption --prefix), without a leading space: the model continues it
 
 
 def build_messages(question: str, system: str | None) -> list[dict[str, Any]]:
@@ -59,8 +59,39 @@ def render_prompts(processor: Any, options: AskOptions) -> list[str]:
     if not getattr(processor, "chat_template", None):
         raise UsageError("this model's processor has no chat template, so vitkit cannot phrase a question to it",
                          hint="use an instruction-tuned checkpoint (e.g. smolvlm-256m)")
-    return [processor.apply_chat_template(build_messages(q, options.system), add_generation_prompt=True)
-            + options.answer_prefix for q in options.questions]
+    prompts = []
+    for question in options.questions:
+        messages = build_messages(question, options.system)
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        prompts.append(_continued(processor, messages, prompt, options.answer_prefix) if options.answer_prefix
+                       else prompt)
+    return prompts
+
+
+def _continued(processor: Any, messages: list[dict[str, Any]], prompt: str, answer_prefix: str) -> str:
+    """The prompt with the start of the model's reply already written, as the chat template writes a reply
+    (a space after LLaVA's "ASSISTANT:", none after Qwen's "assistant\n"); a template that cannot
+    continue a reply gets the text after a space."""
+    reply = {"role": "assistant", "content": [{"type": "text", "text": answer_prefix}]}
+    try:
+        rendered = processor.apply_chat_template([*messages, reply], continue_final_message=True)
+    except Exception:  # templates vary; any that cannot render this falls back below
+        rendered = None
+    if isinstance(rendered, str) and rendered.startswith(prompt) and rendered.endswith(answer_prefix):
+        return rendered
+    return f"{prompt} {answer_prefix}"
+
+
+def answers_task_tokens(processor: Any) -> bool:
+    """A processor that turns captioning task tokens (Florence-2's <CAPTION>, ...) into the prompts its model
+    was trained on and parses the model's answers: such a model answers its tasks, not free questions."""
+    prompts = getattr(processor, "task_prompts_without_inputs", None)
+    return isinstance(prompts, dict) and "<CAPTION>" in prompts and callable(
+        getattr(processor, "post_process_generation", None))
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0)
 
 
 @dataclass(frozen=True)
@@ -136,12 +167,19 @@ class AskTask:
             raise UsageError(f"model {self.model.spec.id!r} is not a vision-language model",
                              hint="try --model smolvlm-256m (`vitkit models list --task ask`)")
         self.processor = self.model.assets.processor
+        if answers_task_tokens(self.processor):
+            raise UsageError(f"model {self.model.spec.id!r} answers fixed tasks (<CAPTION>, <OD>, ...), "
+                             "not free questions",
+                             hint=f"caption with it: vitkit caption IMAGES --model {self.model.spec.id} "
+                                  "--detail brief|detailed|paragraph")
+        if self.options.choices and self.options.answer_prefix:
+            raise UsageError("choices are scored as the whole reply; they cannot follow an answer prefix")
         tokenizer = self.processor.tokenizer
         tokenizer.padding_side = "left"
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = pad_token_id(tokenizer)
         prompts = render_prompts(self.processor, self.options)
         self.preprocess = PromptPreprocess(self.processor, tuple(prompts))
-        self.collate_inputs = LeftPadCollate(int(self.pad_token_id or 0))
+        self.collate_inputs = LeftPadCollate(self.pad_token_id)
         self.draft_size = self.model.draft_size
         self.choice_ids = [self._choice_ids(prompt, question) for prompt, question in zip(prompts, self.options.questions)]
 
@@ -178,10 +216,9 @@ class AskTask:
             settings.update(temperature=None, top_p=None, top_k=None)
             output = self.model.module.generate(**model_pixels(pixels), **text, **settings)
             return output[:, text["input_ids"].shape[1]:]
-        device = self.model.device
         # Every batch draws from the same seed (a run is repeatable) without disturbing the caller's
         # global random state, which generate() offers no other way to keep.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with _isolated_random_state(self.model.device):
             torch.manual_seed(self.options.seed)
             output = self.model.module.generate(**model_pixels(pixels), **text, **settings,
                                                 temperature=self.options.temperature)
@@ -207,6 +244,14 @@ class AskTask:
         return self.processor.decode(ids, skip_special_tokens=True).strip()
 
 
+def _isolated_random_state(device: torch.device):
+    """torch.manual_seed reseeds the CPU and every accelerator of the device's kind: all are restored after."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    count = getattr(torch, device.type).device_count()
+    return torch.random.fork_rng(devices=list(range(count)), device_type=device.type)
+
+
 # `caption --detail`: what a VLM is asked for a caption.
 CAPTION_PROMPTS = {"brief": "Describe this image in one sentence.", "detailed": "Describe this image in detail.",
                    "paragraph": "Describe this image in a paragraph."}
@@ -221,8 +266,7 @@ class VlmCaptionTask(AskTask):
         if detail not in CAPTION_PROMPTS:
             raise UsageError(f"--detail must be one of {', '.join(CAPTION_PROMPTS)}, not {detail!r}")
         self.prefix = " ".join((prefix or "").split())
-        answer_prefix = f" {self.prefix}" if self.prefix else ""
-        options = AskOptions((CAPTION_PROMPTS[detail],), max_new_tokens=max_new_tokens, answer_prefix=answer_prefix)
+        options = AskOptions((CAPTION_PROMPTS[detail],), max_new_tokens=max_new_tokens, answer_prefix=self.prefix)
         super().__init__(model, options, CAPTION_LAYOUT)
 
     def postprocess(self, outputs: list[torch.Tensor], samples: Sequence[Sample]) -> list[dict[str, Any]]:

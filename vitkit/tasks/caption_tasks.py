@@ -15,7 +15,7 @@ import torch
 from vitkit.errors import UsageError
 from vitkit.inputs.data import Sample
 from vitkit.models.loading import LoadedModel
-from vitkit.tasks.ask import LeftPadCollate, PromptPreprocess
+from vitkit.tasks.ask import LeftPadCollate, PromptPreprocess, answers_task_tokens, pad_token_id
 from vitkit.tasks.caption import CAPTION_LAYOUT
 
 # `caption --detail` -> the model's own captioning task.
@@ -26,21 +26,6 @@ DEFAULT_TASK_BEAMS = 3
 # The examples' max_new_tokens, cut to what the checkpoint's decoder can hold. Beam search stops at the
 # end token, so this only bounds a caption that never ends.
 DEFAULT_TASK_MAX_NEW_TOKENS = 1024
-
-
-def answers_task_tokens(processor: Any) -> bool:
-    """A processor that turns captioning task tokens into prompts and parses the model's answers."""
-    prompts = getattr(processor, "task_prompts_without_inputs", None)
-    return isinstance(prompts, dict) and "<CAPTION>" in prompts and callable(
-        getattr(processor, "post_process_generation", None))
-
-
-def refuse_questions(processor: Any, model_id: str) -> None:
-    """`vitkit ask` with a task-token model: it was trained on its tasks' fixed prompts, not free questions."""
-    if answers_task_tokens(processor):
-        raise UsageError(f"model {model_id!r} answers fixed tasks (<CAPTION>, <OD>, ...), not free questions",
-                         hint=f"caption with it: vitkit caption IMAGES --model {model_id} "
-                              "--detail brief|detailed|paragraph")
 
 
 class TaskTokenCaptionTask:
@@ -64,12 +49,12 @@ class TaskTokenCaptionTask:
                              hint=f"its tasks: {', '.join(self.processor.task_prompts_without_inputs)}")
         self.max_new_tokens = self._check_max_new_tokens(max_new_tokens)
         self.num_beams = num_beams
-        tokenizer = self.processor.tokenizer
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = pad_token_id(self.processor.tokenizer)
         # Every image's prompt has the same length (a fixed number of image tokens, then the task's prompt),
         # so the collate never pads; ask's preprocess and collate run the processor in the workers.
         self.preprocess = PromptPreprocess(self.processor, (self.task_token,))
-        self.collate_inputs = LeftPadCollate(int(self.pad_token_id or 0))
+        self.end_ids = end_token_ids(model, self.processor.tokenizer)
+        self.collate_inputs = LeftPadCollate(self.pad_token_id)
         self.draft_size = model.draft_size
 
     def _check_max_new_tokens(self, max_new_tokens: int | None) -> int:
@@ -95,8 +80,7 @@ class TaskTokenCaptionTask:
     def postprocess(self, outputs: torch.Tensor, samples: Sequence[Sample]) -> list[dict[str, Any]]:
         # Decoded with special tokens, as post_process_generation expects; rows that ended early are cut at
         # their end token first, or the batch's padding would be read as part of their caption.
-        end = self.processor.tokenizer.eos_token_id
-        rows = [until_end(row, end) for row in outputs.tolist()]
+        rows = [until_end(row, self.end_ids) for row in outputs.tolist()]
         texts = self.processor.batch_decode(rows, skip_special_tokens=False)
         return [{"caption": self.caption_text(text, (sample.width, sample.height))}
                 for text, sample in zip(texts, samples)]
@@ -106,8 +90,14 @@ class TaskTokenCaptionTask:
         return " ".join(str(parsed[self.task_token]).split())
 
 
-def until_end(row: list[int], end: int | None) -> list[int]:
-    """A generated row up to its end token; the first id is the decoder's start token (often that same id)."""
-    if end is None or end not in row[1:]:
-        return row
-    return row[: row.index(end, 1) + 1]
+def until_end(row: list[int], ends: set[int]) -> list[int]:
+    """A generated row up to its first end token; the first id is the decoder's start token (often an end id)."""
+    at = next((i for i, token in enumerate(row[1:], 1) if token in ends), None)
+    return row if at is None else row[: at + 1]
+
+
+def end_token_ids(model: LoadedModel, tokenizer: Any) -> set[int]:
+    """Every id generation stops at: the checkpoint's generation_config may list several."""
+    configured = getattr(model.module.generation_config, "eos_token_id", None)
+    listed = configured if isinstance(configured, (list, tuple)) else [configured]
+    return {int(i) for i in (*listed, tokenizer.eos_token_id) if i is not None}
