@@ -56,12 +56,13 @@ def until_eos(ids: list[int], eos: int) -> list[int]:
 
 @torch.no_grad()
 def reference_generate(model, processor, images: list[Image.Image], question: str,
-                       ignore_padding: bool = False) -> list[list[int]]:
+                       ignore_padding: bool = False, **processor_kwargs) -> list[list[int]]:
     """transformers' own path: one processor call for the whole batch (left-padded), generate, new tokens.
     `ignore_padding` shows the model the pad tokens (an all-ones attention mask): what a batch whose
     padding leaks would answer."""
     prompt = prompt_for(processor, question)
-    inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True)
+    inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True,
+                       **processor_kwargs)
     if ignore_padding:
         inputs["attention_mask"] = torch.ones_like(inputs["attention_mask"])
     output = model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
@@ -101,6 +102,23 @@ def test_greedy_answers_are_generates_tokens_at_batch_1_and_batched(request, nam
                                   batch_size=batch_size, workers=0, draft=False, quiet=True))
         assert [r.answers[0].answer for r in records] == texts
         assert [(r.width, r.height) for r in records] == [im.size for im in images]
+
+
+def test_processor_options_reach_every_processor_call(tiny_idefics3_dir: Path, image_files: list[str]) -> None:
+    """SmolVLM read as one view instead of tiles (--processor-option do_image_splitting=false): answers are
+    generate's on the processor's inputs with that setting, and differ from the tiled ones."""
+    model, processor = upstream(tiny_idefics3_dir)
+    # not the 5:1 image: vitkit narrows it to the 3.5:1 the tiny processor's 56-pixel edge can read (SmolVLM's
+    # 2048 pixels allow 128:1), which the tiles hide but one 28-pixel view does not
+    image_files = [f for f in image_files if not f.endswith("wide.png")]
+    images = decoded(image_files)
+    expected = [reference_generate(model, processor, [im], QUESTION, do_image_splitting=False)[0] for im in images]
+    assert expected != [reference_generate(model, processor, [im], QUESTION)[0] for im in images]
+    records = list(vitkit.ask(image_files, model=str(tiny_idefics3_dir), question=QUESTION, max_new_tokens=NEW_TOKENS,
+                              processor_options={"do_image_splitting": False}, batch_size=3, workers=0, draft=False,
+                              quiet=True))
+    texts = [processor.decode(ids, skip_special_tokens=True).strip() for ids in expected]
+    assert [r.answers[0].answer for r in records] == texts
 
 
 @torch.no_grad()
@@ -296,6 +314,9 @@ def test_system_prompt_only_when_asked(tiny_llava_dir: Path) -> None:
     (["-Q", "q", "--choices", "yes,no", "--keep", "yes", "--threshold", "1.5"], "not a probability"),
     (["-Q", "q", "--paths-only"], "--paths-only prints the images"),
     (["-Q", "q", "--choices", "yes,no", "--temperature", "1"], "--temperature samples answers"),
+    (["-Q", "q", "--processor-option", "do_image_splitting=false"], "not a setting of this model's image processor"),
+    (["-Q", "q", "--processor-option", "do_resize=maybe"], "the image processor refused it"),
+    (["-Q", "q", "--processor-option", "do_resize"], "is not KEY=VALUE"),
 ])
 def test_usage_errors(tiny_llava_dir: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["ask", str(SAMPLE_DATA / "coffee.jpg"), "--model", str(tiny_llava_dir), *args])

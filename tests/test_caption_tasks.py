@@ -120,6 +120,7 @@ def test_ask_refuses_a_task_token_model(tiny_florence2_dir: Path) -> None:
     (["--prefix", "A photo of"], "cannot continue a --prefix"),
     (["--max-length", "48"], "must be between 1 and 47"),
     (["--greedy", "--beams", "3"], "--greedy and --beams"),
+    (["--processor-option", "do_image_splitting=false"], "not a setting of this model's image processor"),
 ])
 def test_usage_errors(tiny_florence2_dir: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["caption", str(SAMPLE_DATA / "coffee.jpg"), "--model", str(tiny_florence2_dir),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from vitkit.errors import UsageError
 from vitkit.models.registry import ASK, ATTENTION, CAPTION, CLASSIFY, DEPTH, DETECT, EMBED, INPAINT, LABEL, POSE, SEGMENT
@@ -217,7 +217,7 @@ def _person_detector(model: ModelOptions, person_class: str, threshold: float | 
 def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *, max_length: int | None = None,
                  beams: int | None = None, greedy: bool = False, prefix: str | None = None, sidecar: bool = False,
                  on_exists: str | None = None, html: str | None = None, quiet: bool = False,
-                 detail: str | None = None) -> Job | None:
+                 detail: str | None = None, processor_option: Any = None) -> Job | None:
     """None when --sidecar leaves nothing to caption (outside torchrun, where every rank must still
     join the gather): no model is loaded and nothing is written."""
     from vitkit.runtime.distributed import is_launched
@@ -226,7 +226,10 @@ def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions,
 
     if on_exists and not sidecar:
         raise UsageError("--on-exists only applies with --sidecar")
+    from vitkit.tasks.processor_options import parse_processor_options
+
     resolve_beams(beams, greedy)  # refused before any file is looked at
+    processor_options = parse_processor_options(processor_option)
     reporter = Reporter(quiet=quiet)
     found = collect_inputs(inputs)
     if sidecar and found.names:
@@ -238,7 +241,7 @@ def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions,
             reporter.message(message)
         if not found.items and not is_launched():
             return None
-    task = _caption_task(model.load(CAPTION), max_length, beams, greedy, prefix, detail)
+    task = _caption_task(model.load(CAPTION), max_length, beams, greedy, prefix, detail, processor_options)
     return make_job(task, found, batch.run_options(), [SidecarWriter(reporter)] if sidecar else [], html)
 
 
@@ -246,8 +249,9 @@ def plan_ask(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *,
              question: str | Sequence[str] | None = None, questions_file: str | None = None,
              system: str | None = None, choices: str | Sequence[str] | None = None, max_new_tokens: int = 64,
              temperature: float | None = None, seed: int | None = None, keep: str | None = None,
-             threshold: float | None = None, html: str | None = None) -> Job:
+             threshold: float | None = None, html: str | None = None, processor_option: Any = None) -> Job:
     from vitkit.tasks.ask import AskOptions, AskTask, resolve_choices, resolve_questions
+    from vitkit.tasks.processor_options import parse_processor_options
 
     questions = resolve_questions(question, questions_file)
     names = resolve_choices(choices, keep, threshold)
@@ -259,33 +263,36 @@ def plan_ask(inputs: InputOptions, model: ModelOptions, batch: BatchOptions, *,
     if seed is not None and not temperature:
         raise UsageError("--seed only applies when sampling", hint="add --temperature T (e.g. 0.7)")
     options = AskOptions(questions, system, names, max_new_tokens, temperature, seed or 0, keep,
-                         0.5 if threshold is None else threshold)
+                         0.5 if threshold is None else threshold,
+                         processor_options=parse_processor_options(processor_option))
     found = collect_inputs(inputs)
     # one image a batch on a CPU: batch 8 measured no faster per image there (benchmarks/ask.py); 4 on a GPU
     return make_job(AskTask(model.load(ASK), options), found, batch.run_options(default_batch_size=1), html=html)
 
 
 def _caption_task(loaded: "LoadedModel", max_length: int | None, beams: int | None, greedy: bool,
-                  prefix: str | None, detail: str | None) -> "Task":
+                  prefix: str | None, detail: str | None, processor_options: dict[str, Any]) -> "Task":
     """CoCa's own decoder, a task-token model's captioning task (beam search), or a vision-language model
     asked for a caption (greedy); for the last two max_length counts new tokens."""
     from vitkit.models.backends.hf import HfAssets
     from vitkit.tasks.caption import CaptionTask, resolve_beams
 
     if not isinstance(loaded.assets, HfAssets):
-        if detail is not None:
-            raise UsageError("--detail applies to vision-language models", hint="e.g. --model smolvlm-256m")
+        if detail is not None or processor_options:
+            option = "--detail" if detail is not None else "--processor-option"
+            raise UsageError(f"{option} applies to vision-language models", hint="e.g. --model smolvlm-256m")
         return CaptionTask(loaded, max_length, resolve_beams(beams, greedy), prefix)
     from vitkit.tasks.ask import answers_task_tokens
     from vitkit.tasks.caption_tasks import TaskTokenCaptionTask
 
     if answers_task_tokens(loaded.assets.processor):  # Florence-2: its own captioning tasks, by beam search
-        return TaskTokenCaptionTask(loaded, detail or "brief", max_length, resolve_beams(beams, greedy), prefix)
+        return TaskTokenCaptionTask(loaded, detail or "brief", max_length, resolve_beams(beams, greedy), prefix,
+                                    processor_options)
     from vitkit.tasks.ask import DEFAULT_MAX_NEW_TOKENS, VlmCaptionTask
 
     if beams not in (None, 1):
         raise UsageError("vision-language captions are decoded greedily", hint="drop --beams")
-    return VlmCaptionTask(loaded, detail or "brief", max_length or DEFAULT_MAX_NEW_TOKENS, prefix)
+    return VlmCaptionTask(loaded, detail or "brief", max_length or DEFAULT_MAX_NEW_TOKENS, prefix, processor_options)
 
 
 def run_bench(model: ModelOptions, batch: BatchOptions, *, images: int = 64, size: str = "1920x1080",

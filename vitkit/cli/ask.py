@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitkit.cli.options import command, threshold_option
+from vitkit.cli.options import ProcessorOption, command, threshold_option
 from vitkit.cli.search import PathsOnly, Print0
 from vitkit.errors import UsageError
 from vitkit.jobs import plan_ask
@@ -35,7 +35,7 @@ Seed = Annotated[Optional[int], typer.Option("--seed", help="With --temperature:
 def ask(inputs: InputOptions, question: Question = None, questions_file: QuestionsFile = None, system: System = None,
         choices: Choices = None, keep: Keep = None, threshold: Threshold = None, max_new_tokens: MaxNewTokens = 64,
         temperature: Temperature = None, seed: Seed = None, paths_only: PathsOnly = False, print0: Print0 = False,
-        *, model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
+        processor_option: ProcessorOption = None, *, model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
     """Ask questions about images with a vision-language model (default: smolvlm-256m), greedy by default.
 
     Example: vitkit ask photos/ --question "Is there a cat?" --choices yes,no --keep yes --paths-only
@@ -46,7 +46,7 @@ def ask(inputs: InputOptions, question: Question = None, questions_file: Questio
         raise UsageError("--paths-only prints the images that --keep's choice matches", hint="add --choices and --keep")
     job = plan_ask(inputs, model, batch, question=question, questions_file=questions_file, system=system,
                    choices=choices, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, keep=keep,
-                   threshold=threshold, html=out.html)
+                   threshold=threshold, html=out.html, processor_option=processor_option)
     if paths_only:
         from vitkit.outputs.matches import write_matching_paths
 

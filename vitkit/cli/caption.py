@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from vitkit.cli.options import command
+from vitkit.cli.options import ProcessorOption, command
 from vitkit.jobs import plan_caption
 from vitkit.pipeline import BatchOptions, InputOptions, ModelOptions, OutputOptions, execute
 
@@ -37,7 +37,8 @@ Detail = Annotated[Optional[Literal["brief", "detailed", "paragraph"]], typer.Op
 
 @command()
 def caption(inputs: InputOptions, max_length: MaxLength = None, beams: Beams = None, greedy: Greedy = False,
-            prefix: Prefix = None, sidecar: Sidecar = False, on_exists: OnExists = None, detail: Detail = None, *,
+            prefix: Prefix = None, sidecar: Sidecar = False, on_exists: OnExists = None, detail: Detail = None,
+            processor_option: ProcessorOption = None, *,
             model: ModelOptions, batch: BatchOptions, out: OutputOptions) -> int:
     """Caption images with a CoCa model (default: coca-b32), by beam search (3 beams) or --greedy, with a
     vision-language model asked to describe each image (--model smolvlm-256m --detail brief|detailed|paragraph),
@@ -46,5 +47,6 @@ def caption(inputs: InputOptions, max_length: MaxLength = None, beams: Beams = N
     Example: vitkit caption photos/ --sidecar
     """
     job = plan_caption(inputs, model, batch, max_length=max_length, beams=beams, greedy=greedy, prefix=prefix,
-                       sidecar=sidecar, on_exists=on_exists, html=out.html, quiet=out.quiet, detail=detail)
+                       sidecar=sidecar, on_exists=on_exists, html=out.html, quiet=out.quiet, detail=detail,
+                       processor_option=processor_option)
     return execute(job, out)

@@ -63,6 +63,10 @@ Draft = Annotated[bool, typer.Option(
 MaxPixels = Annotated[int, typer.Option(
     "--max-pixels", min=1, help="Refuse images with more pixels than this (decompression-bomb guard).")]
 TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to report per image.")]
+ProcessorOption = Annotated[Optional[list[str]], typer.Option(
+    "--processor-option", metavar="KEY=VALUE", help="A setting of the vision-language model's own image processor "
+    "for this run, VALUE as JSON (repeatable): e.g. do_image_splitting=false makes SmolVLM read one 512-px view "
+    "instead of up to 16 tiles, far faster on a CPU.")]
 
 
 def threshold_option(help: str) -> Any:

@@ -8,7 +8,7 @@ user turn holding the image and then the question, and nothing here depends on t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -17,6 +17,7 @@ from vitkit.inputs.data import ImageMeta, Sample
 from vitkit.models.backends.hf import HfAssets, processor_max_ratio
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout
+from vitkit.tasks.processor_options import check_processor_options
 from vitkit.tasks.vlm_batch import model_pixels, one_image_patches
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -48,6 +49,7 @@ class AskOptions:
     keep: str | None = None  # a choice: records get `match` = its probability >= threshold for every question
     threshold: float = 0.5
     answer_prefix: str = ""  # text the answer starts with (caption --prefix), without a leading space: the model continues it
+    processor_options: Mapping[str, Any] = field(default_factory=dict)  # --processor-option, for every processor call
 
 
 def build_messages(question: str, system: str | None) -> list[dict[str, Any]]:
@@ -101,6 +103,7 @@ class PromptPreprocess:
 
     processor: Any
     prompts: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)  # image-processor settings (--processor-option)
 
     def __call__(self, image: Any, meta: ImageMeta) -> dict[str, torch.Tensor]:
         max_ratio = processor_max_ratio(getattr(self.processor, "image_processor", self.processor))
@@ -110,7 +113,8 @@ class PromptPreprocess:
             image = squash_long_side(image, max_ratio)
         inputs: dict[str, torch.Tensor] = {}
         for number, prompt in enumerate(self.prompts):
-            encoded = one_image_patches(self.processor(images=[image], text=[prompt], return_tensors="pt"))
+            encoded = one_image_patches(self.processor(images=[image], text=[prompt], return_tensors="pt",
+                                                       **self.options))
             ids_shape = encoded["input_ids"].shape  # (1, L)
             for name, value in encoded.items():
                 if not isinstance(value, torch.Tensor):
@@ -178,7 +182,8 @@ class AskTask:
         tokenizer.padding_side = "left"
         self.pad_token_id = pad_token_id(tokenizer)
         prompts = render_prompts(self.processor, self.options)
-        self.preprocess = PromptPreprocess(self.processor, tuple(prompts))
+        check_processor_options(self.processor, self.options.processor_options, prompts[0])
+        self.preprocess = PromptPreprocess(self.processor, tuple(prompts), dict(self.options.processor_options))
         self.collate_inputs = LeftPadCollate(self.pad_token_id)
         self.draft_size = self.model.draft_size
         self.choice_ids = [self._choice_ids(prompt, question) for prompt, question in zip(prompts, self.options.questions)]
@@ -260,13 +265,15 @@ CAPTION_PROMPTS = {"brief": "Describe this image in one sentence.", "detailed": 
 class VlmCaptionTask(AskTask):
     """`vitkit caption --model <VLM>`: the caption prompt of `detail` asked of every image; caption records."""
 
-    def __init__(self, model: LoadedModel, detail: str, max_new_tokens: int, prefix: str | None) -> None:
+    def __init__(self, model: LoadedModel, detail: str, max_new_tokens: int, prefix: str | None,
+                 processor_options: Mapping[str, Any] | None = None) -> None:
         from vitkit.tasks.caption import CAPTION_LAYOUT
 
         if detail not in CAPTION_PROMPTS:
             raise UsageError(f"--detail must be one of {', '.join(CAPTION_PROMPTS)}, not {detail!r}")
         self.prefix = " ".join((prefix or "").split())
-        options = AskOptions((CAPTION_PROMPTS[detail],), max_new_tokens=max_new_tokens, answer_prefix=self.prefix)
+        options = AskOptions((CAPTION_PROMPTS[detail],), max_new_tokens=max_new_tokens, answer_prefix=self.prefix,
+                             processor_options=dict(processor_options or {}))
         super().__init__(model, options, CAPTION_LAYOUT)
 
     def postprocess(self, outputs: list[torch.Tensor], samples: Sequence[Sample]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ decides which path a model takes, never its model type or name.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -17,6 +17,7 @@ from vitkit.inputs.data import Sample
 from vitkit.models.loading import LoadedModel
 from vitkit.tasks.ask import LeftPadCollate, PromptPreprocess, answers_task_tokens, pad_token_id
 from vitkit.tasks.caption import CAPTION_LAYOUT
+from vitkit.tasks.processor_options import check_processor_options
 
 # `caption --detail` -> the model's own captioning task.
 CAPTION_TASKS = {"brief": "<CAPTION>", "detailed": "<DETAILED_CAPTION>", "paragraph": "<MORE_DETAILED_CAPTION>"}
@@ -35,7 +36,8 @@ class TaskTokenCaptionTask:
     layout = CAPTION_LAYOUT
 
     def __init__(self, model: LoadedModel, detail: str, max_new_tokens: int | None = None,
-                 num_beams: int = DEFAULT_TASK_BEAMS, prefix: str | None = None) -> None:
+                 num_beams: int = DEFAULT_TASK_BEAMS, prefix: str | None = None,
+                 processor_options: Mapping[str, Any] | None = None) -> None:
         if detail not in CAPTION_TASKS:
             raise UsageError(f"--detail must be one of {', '.join(CAPTION_TASKS)}, not {detail!r}")
         if " ".join((prefix or "").split()):
@@ -52,7 +54,8 @@ class TaskTokenCaptionTask:
         self.pad_token_id = pad_token_id(self.processor.tokenizer)
         # Every image's prompt has the same length (a fixed number of image tokens, then the task's prompt),
         # so the collate never pads; ask's preprocess and collate run the processor in the workers.
-        self.preprocess = PromptPreprocess(self.processor, (self.task_token,))
+        check_processor_options(self.processor, processor_options or {}, self.task_token)
+        self.preprocess = PromptPreprocess(self.processor, (self.task_token,), dict(processor_options or {}))
         self.end_ids = end_token_ids(model, self.processor.tokenizer)
         self.collate_inputs = LeftPadCollate(self.pad_token_id)
         self.draft_size = model.draft_size
