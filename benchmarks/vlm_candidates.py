@@ -6,7 +6,8 @@ saved like the hub's; a child process per candidate then loads it and times, ove
 - s_per_image: reading + preprocessing + generate with exactly --new-tokens new tokens (min_new_tokens =
   max), the fastest of the candidate's passes (other load on a shared machine only ever slows a pass);
 - decode_ms_per_token: the median time between two generation steps (the language model's output layer
-  timestamped by a hook), and prefill_s_per_image: the rest (vision tower, prompt prefill, first token);
+  timestamped by a hook), and prefill_s_per_image: the time to each generate call's first token (reading,
+  preprocessing, vision tower, prompt prefill), per image, in the fastest pass;
 - params, image tokens per image, and peak RSS (the child's own, ru_maxrss).
 SmolVLM runs through `vitkit.ask`; Florence-2 and BLIP-2 have no chat template (vitkit ask needs one),
 so they are timed as processor + `model.generate` (greedy, one beam) with their task prompt.
@@ -184,9 +185,15 @@ class TokenClock:
 
     def timed_pass(self, runner: VitkitRunner | DirectRunner, paths: list[str], new_tokens: int) -> dict[str, Any]:
         self.times.clear()
-        total = timed(lambda: runner.run(paths, new_tokens))
-        steps = [self.times[i:i + new_tokens] for i in range(0, len(self.times), new_tokens)]
-        return {"total": total, "decode_steps": [b - a for group in steps for a, b in zip(group, group[1:])],
+        start = time.perf_counter()
+        runner.run(paths, new_tokens)
+        total = time.perf_counter() - start
+        groups = [self.times[i:i + new_tokens] for i in range(0, len(self.times), new_tokens)]
+        # a generate call's first token: from the previous call's last token (or the start) on, so it
+        # holds reading and preprocessing, the vision tower and the prompt's prefill
+        ends = [start] + [group[-1] for group in groups[:-1]]
+        return {"total": total, "first_token": [group[0] - end for group, end in zip(groups, ends)],
+                "decode_steps": [b - a for group in groups for a, b in zip(group, group[1:])],
                 "generation_steps": len(self.times)}
 
 
@@ -223,8 +230,7 @@ def measure(name: str, folder: Path, photo_names: list[str], new_tokens: int) ->
         result.update(
             s_per_image=round(best["total"] / len(paths), 3),
             s_per_image_each_pass=[round(p["total"] / len(paths), 3) for p in passes],
-            # all but the decode steps: JPEG decoding, preprocessing, vision tower, prompt prefill, first token
-            prefill_s_per_image=round((best["total"] - sum(best["decode_steps"])) / len(paths), 3),
+            prefill_s_per_image=round(sum(best["first_token"]) / len(paths), 3),
             decode_ms_per_token=round(1000 * statistics.median(steps), 1) if steps else None,
             generation_steps=best["generation_steps"], status=f"ok ({len(passes)} of {candidate.repeats} passes)")
         emit(result)
