@@ -25,46 +25,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TEMPLATE = ("<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-            "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-            "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-            "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
-            "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
-VOCAB = 49280
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<fake_token_around_image>", "<image>", "<end_of_utterance>",
-            "<global-img>", *[f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]]
-
-
-def build_smolvlm_256m(path: Path, new_tokens: int) -> int:
-    """SmolVLM-256M-Instruct's architecture with random weights, saved like the hub's; returns its parameter count."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
-                              Idefics3Processor, LlamaConfig, PreTrainedTokenizerFast)
-
-    torch.manual_seed(0)
-    words = {token: i for i, token in enumerate(SPECIALS)}
-    words.update({f"w{i}": i for i in range(len(SPECIALS), VOCAB)})
-    backend = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="</s>", pad_token="<pad>")
-    text = LlamaConfig(vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                       rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
-    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  image_size=512, patch_size=16)
-    config = Idefics3Config(vision_config=vision, text_config=text.to_dict(), scale_factor=4,
-                            image_token_id=words["<image>"], tie_word_embeddings=False)
-    model = Idefics3ForConditionalGeneration(config).eval()
-    model.generation_config.min_new_tokens = new_tokens  # never stops early, so every run decodes as many
-    image_processor = Idefics3ImageProcessor(size={"longest_edge": 2048}, max_image_size={"longest_edge": 512})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=64,
-                                  chat_template=TEMPLATE)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return sum(p.numel() for p in model.parameters())
+from _vlm_architectures import build_smolvlm  # noqa: E402
 
 
 def run_once(model: str, images: list[str], batch_size: int, precision: str, new_tokens: int) -> dict:
@@ -96,7 +59,7 @@ def main() -> None:
         return
     folder = Path(tempfile.mkdtemp(prefix="vitkit-smolvlm-random-"))
     try:
-        params = build_smolvlm_256m(folder, args.new_tokens)
+        params = build_smolvlm(folder, "256m", new_tokens=args.new_tokens)
         print(json.dumps({"model": "SmolVLM-256M architecture, random weights", "params": params}), flush=True)
         for precision in args.precision.split(","):
             for batch in args.batch_sizes.split(","):
