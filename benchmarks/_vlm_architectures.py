@@ -115,7 +115,9 @@ def build_florence2_base(folder: Path, new_tokens: int = 32, tiny: bool = False)
     image_processor = CLIPImageProcessor(size={"height": side, "width": side}, do_center_crop=False,
                                          image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
     image_processor.image_seq_length = (side // 32) ** 2 + 1
-    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    # The hub checkpoints' processors list a parser per task; captions need pure_text.
+    parsers = {name: {} for name in ("pure_text", "description_with_bboxes", "bboxes", "polygons")}
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer, post_processor_config=parsers)
     return _save(model, processor, folder, new_tokens)
 
 
