@@ -121,6 +121,20 @@ def test_processor_options_reach_every_processor_call(tiny_idefics3_dir: Path, i
     assert [r.answers[0].answer for r in records] == texts
 
 
+def test_a_size_setting_moves_the_thin_image_guard(tiny_idefics3_dir: Path) -> None:
+    """vitkit narrows images too thin for the processor's longest edge before it sees them: with the run's
+    own `size`, by that size (the processor object itself is left as it was)."""
+    from transformers import AutoProcessor
+
+    from vitkit.models.backends.hf import processor_max_ratio
+    from vitkit.tasks.processor_options import with_settings
+
+    image_processor = AutoProcessor.from_pretrained(tiny_idefics3_dir).image_processor
+    own = processor_max_ratio(image_processor)
+    smaller = processor_max_ratio(with_settings(image_processor, {"size": {"longest_edge": 28}}))
+    assert smaller == pytest.approx(own / 2) and processor_max_ratio(image_processor) == own
+
+
 @torch.no_grad()
 def reference_choice_probabilities(model, processor, image: Image.Image, question: str,
                                    choices: list[str]) -> list[float]:

@@ -17,7 +17,7 @@ from vitkit.inputs.data import ImageMeta, Sample
 from vitkit.models.backends.hf import HfAssets, processor_max_ratio
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout
-from vitkit.tasks.processor_options import check_processor_options
+from vitkit.tasks.processor_options import check_processor_options, with_settings
 from vitkit.tasks.vlm_batch import model_pixels, one_image_patches
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -106,7 +106,8 @@ class PromptPreprocess:
     options: Mapping[str, Any] = field(default_factory=dict)  # image-processor settings (--processor-option)
 
     def __call__(self, image: Any, meta: ImageMeta) -> dict[str, torch.Tensor]:
-        max_ratio = processor_max_ratio(getattr(self.processor, "image_processor", self.processor))
+        image_processor = getattr(self.processor, "image_processor", self.processor)
+        max_ratio = processor_max_ratio(with_settings(image_processor, self.options))
         if max_ratio is not None:
             from vitkit.models.backends.aspect import squash_long_side
 

@@ -8,6 +8,7 @@ error on every image.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +32,17 @@ def parse_processor_options(given: Mapping[str, Any] | Sequence[str] | str | Non
         except json.JSONDecodeError:
             parsed[key.strip()] = value
     return parsed
+
+
+def with_settings(image_processor: Any, options: Mapping[str, Any]) -> Any:
+    """A shallow copy of the image processor with the run's settings as its attributes, for vitkit code that
+    reads the processor's own settings (the thin-image guard reads `size`); the processor itself is untouched."""
+    if not options:
+        return image_processor
+    changed = copy.copy(image_processor)
+    for key, value in options.items():
+        setattr(changed, key, value)
+    return changed
 
 
 def check_processor_options(processor: Any, options: Mapping[str, Any], prompt: str | None) -> None:
