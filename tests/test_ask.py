@@ -112,13 +112,38 @@ def test_processor_options_reach_every_processor_call(tiny_idefics3_dir: Path, i
     # 2048 pixels allow 128:1), which the tiles hide but one 28-pixel view does not
     image_files = [f for f in image_files if not f.endswith("wide.png")]
     images = decoded(image_files)
-    expected = [reference_generate(model, processor, [im], QUESTION, do_image_splitting=False)[0] for im in images]
-    assert expected != [reference_generate(model, processor, [im], QUESTION)[0] for im in images]
-    records = list(vitkit.ask(image_files, model=str(tiny_idefics3_dir), question=QUESTION, max_new_tokens=NEW_TOKENS,
+    questions = [QUESTION, "What colour is the sky?"]
+    expected = [[reference_generate(model, processor, [im], q, do_image_splitting=False)[0] for im in images]
+                for q in questions]
+    assert expected[0] != [reference_generate(model, processor, [im], QUESTION)[0] for im in images]
+    records = list(vitkit.ask(image_files, model=str(tiny_idefics3_dir), question=questions, max_new_tokens=NEW_TOKENS,
                               processor_options={"do_image_splitting": False}, batch_size=3, workers=0, draft=False,
                               quiet=True))
-    texts = [processor.decode(ids, skip_special_tokens=True).strip() for ids in expected]
-    assert [r.answers[0].answer for r in records] == texts
+    for number, answers in enumerate(expected):
+        texts = [processor.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+        assert [r.answers[number].answer for r in records] == texts
+    from vitkit.tasks.ask import CAPTION_PROMPTS
+
+    captions = vitkit.caption(image_files, model=str(tiny_idefics3_dir), max_length=NEW_TOKENS, workers=0, quiet=True,
+                              processor_options=["do_image_splitting=false"], draft=False)
+    brief = [reference_generate(model, processor, [im], CAPTION_PROMPTS["brief"], do_image_splitting=False)[0]
+             for im in images]
+    assert [r.caption for r in captions] == [processor.decode(ids, skip_special_tokens=True).strip() for ids in brief]
+
+
+def test_a_setting_the_model_cannot_take_is_refused_before_any_image(tiny_qwen2vl_dir: Path) -> None:
+    """Qwen2-VL's processor accepts merge_size=1, but its vision tower merges 2 x 2 patches: the blank-image
+    trial run refuses it in one line instead of the run failing at its first batch."""
+    result = runner.invoke(app, ["ask", str(SAMPLE_DATA / "coffee.jpg"), "--model", str(tiny_qwen2vl_dir), "-Q", "q",
+                                 "--processor-option", "merge_size=1"])
+    assert result.exit_code == 2 and "the model cannot take images prepared this way" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_coca_refuses_processor_options_before_loading() -> None:
+    result = runner.invoke(app, ["caption", str(SAMPLE_DATA / "coffee.jpg"), "--processor-option", "do_resize=false",
+                                 "--offline"])  # coca-b32 is not cached here: refused before the load is tried
+    assert result.exit_code == 2 and "--processor-option applies to vision-language models" in result.stderr
 
 
 def test_a_size_setting_moves_the_thin_image_guard(tiny_idefics3_dir: Path) -> None:
@@ -331,6 +356,7 @@ def test_system_prompt_only_when_asked(tiny_llava_dir: Path) -> None:
     (["-Q", "q", "--processor-option", "do_image_splitting=false"], "not a setting of this model's image processor"),
     (["-Q", "q", "--processor-option", "do_resize=maybe"], "the image processor refused it"),
     (["-Q", "q", "--processor-option", "do_resize"], "is not KEY=VALUE"),
+    (["-Q", "q", "--processor-option", "return_tensors=np"], "vitkit sets this itself"),
 ])
 def test_usage_errors(tiny_llava_dir: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["ask", str(SAMPLE_DATA / "coffee.jpg"), "--model", str(tiny_llava_dir), *args])

@@ -11,7 +11,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from vitkit.errors import UsageError
-from vitkit.models.registry import ASK, ATTENTION, CAPTION, CLASSIFY, DEPTH, DETECT, EMBED, INPAINT, LABEL, POSE, SEGMENT
+from vitkit.models.registry import (ASK, ATTENTION, CAPTION, CLASSIFY, DEPTH, DETECT, EMBED, INPAINT, LABEL, POSE, SEGMENT,
+                                    TRANSFORMERS)
 from vitkit.pipeline import BatchOptions, InputOptions, Job, Listing, ModelOptions, collect_inputs, make_job
 from vitkit.runtime.report import Reporter
 
@@ -230,6 +231,9 @@ def plan_caption(inputs: InputOptions, model: ModelOptions, batch: BatchOptions,
 
     resolve_beams(beams, greedy)  # refused before any file is looked at
     processor_options = parse_processor_options(processor_option)
+    if (detail is not None or processor_options) and model.backend(CAPTION) != TRANSFORMERS:
+        option = "--detail" if detail is not None else "--processor-option"
+        raise UsageError(f"{option} applies to vision-language models", hint="e.g. --model smolvlm-256m")
     reporter = Reporter(quiet=quiet)
     found = collect_inputs(inputs)
     if sidecar and found.names:
@@ -277,10 +281,7 @@ def _caption_task(loaded: "LoadedModel", max_length: int | None, beams: int | No
     from vitkit.models.backends.hf import HfAssets
     from vitkit.tasks.caption import CaptionTask, resolve_beams
 
-    if not isinstance(loaded.assets, HfAssets):
-        if detail is not None or processor_options:
-            option = "--detail" if detail is not None else "--processor-option"
-            raise UsageError(f"{option} applies to vision-language models", hint="e.g. --model smolvlm-256m")
+    if not isinstance(loaded.assets, HfAssets):  # CoCa: --detail and --processor-option were refused above
         return CaptionTask(loaded, max_length, resolve_beams(beams, greedy), prefix)
     from vitkit.tasks.ask import answers_task_tokens
     from vitkit.tasks.caption_tasks import TaskTokenCaptionTask

@@ -53,6 +53,14 @@ class ModelOptions:
         """The model as a reference, for code that resolves it again (the index records it)."""
         return self.model if self.model is None or isinstance(self.model, str) else self.model.spec.id
 
+    def backend(self, capability: str, default: str | None = None) -> str:
+        """The library that runs the model (timm, open_clip, transformers), known before loading it."""
+        from vitkit.models.registry import resolve
+
+        if self.model is not None and not isinstance(self.model, str):
+            return self.model.spec.backend
+        return resolve(self.model or default, capability).backend
+
     def load(self, capability: str, default: str | None = None) -> "LoadedModel":
         from vitkit.models.loading import load_model
         from vitkit.models.registry import resolve

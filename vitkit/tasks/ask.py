@@ -17,7 +17,7 @@ from vitkit.inputs.data import ImageMeta, Sample
 from vitkit.models.backends.hf import HfAssets, processor_max_ratio
 from vitkit.models.loading import LoadedModel
 from vitkit.outputs.records import RecordLayout
-from vitkit.tasks.processor_options import check_processor_options, with_settings
+from vitkit.tasks.processor_options import check_processor_options, check_with_model, run_draft_size, with_settings
 from vitkit.tasks.vlm_batch import model_pixels, one_image_patches
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -186,7 +186,8 @@ class AskTask:
         check_processor_options(self.processor, self.options.processor_options, prompts[0])
         self.preprocess = PromptPreprocess(self.processor, tuple(prompts), dict(self.options.processor_options))
         self.collate_inputs = LeftPadCollate(self.pad_token_id)
-        self.draft_size = self.model.draft_size
+        self.draft_size = run_draft_size(self.model, self.options.processor_options)
+        check_with_model(self, self.options.processor_options)
         self.choice_ids = [self._choice_ids(prompt, question) for prompt, question in zip(prompts, self.options.questions)]
 
     def _choice_ids(self, prompt: str, question: str) -> list[list[int]]:

@@ -17,7 +17,7 @@ from vitkit.inputs.data import Sample
 from vitkit.models.loading import LoadedModel
 from vitkit.tasks.ask import LeftPadCollate, PromptPreprocess, answers_task_tokens, pad_token_id
 from vitkit.tasks.caption import CAPTION_LAYOUT
-from vitkit.tasks.processor_options import check_processor_options
+from vitkit.tasks.processor_options import check_processor_options, check_with_model, run_draft_size
 
 # `caption --detail` -> the model's own captioning task.
 CAPTION_TASKS = {"brief": "<CAPTION>", "detailed": "<DETAILED_CAPTION>", "paragraph": "<MORE_DETAILED_CAPTION>"}
@@ -58,7 +58,8 @@ class TaskTokenCaptionTask:
         self.preprocess = PromptPreprocess(self.processor, (self.task_token,), dict(processor_options or {}))
         self.end_ids = end_token_ids(model, self.processor.tokenizer)
         self.collate_inputs = LeftPadCollate(self.pad_token_id)
-        self.draft_size = model.draft_size
+        self.draft_size = run_draft_size(model, processor_options or {})
+        check_with_model(self, processor_options or {})
 
     def _check_max_new_tokens(self, max_new_tokens: int | None) -> int:
         """None: the examples' 1024, or as many as the decoder's positions hold after its start token."""
