@@ -20,15 +20,14 @@ Configs (the transformers config classes' defaults differ from these checkpoints
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-SMOLVLM_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests.tiny_vlm
+
+from tests.tiny_vlm import SMOLVLM_TEMPLATE  # noqa: E402  SmolVLM-Instruct's own chat template, as the tests use it
+
 SMOLVLM_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<fake_token_around_image>", "<image>", "<end_of_utterance>",
                     "<global-img>", *[f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]]
 PLAIN_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]  # BART/OPT order: bos 0, pad 1, eos 2
