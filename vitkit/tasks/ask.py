@@ -48,7 +48,7 @@ class AskOptions:
     seed: int = 0  # for sampling: every batch starts from this seed
     keep: str | None = None  # a choice: records get `match` = its probability >= threshold for every question
     threshold: float = 0.5
-    answer_prefix: str = ""  # text the answer starts with (caption --prefix), without a leading space: the model continues it
+    answer_prefix: str = ""  # the reply's first words (caption --prefix): the model continues them
     processor_options: Mapping[str, Any] = field(default_factory=dict)  # --processor-option, for every processor call
 
 
