@@ -315,6 +315,20 @@ def test_sampling_is_seeded(tiny_llava_dir: Path) -> None:
     sampled = answers("--temperature", "3", "--seed", "1")
     assert answers("--temperature", "3", "--seed", "1") == sampled
     assert answers() != sampled and answers("--temperature", "3", "--seed", "2") != sampled
+    assert answers("--temperature", "3", "--seed", "1", "-b", "2") == sampled  # the batch changes nothing
+
+
+def test_a_sampled_answer_does_not_depend_on_its_batch_mates(tiny_idefics3_dir: Path, image_files: list[str]) -> None:
+    """Alone or among images whose prompts are longer (so its own is padded), an image's sampled answer is
+    the same: generate() would draw one random stream for the whole batch."""
+    def sampled(files: list[str], batch_size: int) -> list[str]:
+        return [r.answers[0].answer for r in vitkit.ask(files, model=str(tiny_idefics3_dir), question=QUESTION,
+                                                         temperature=2.0, seed=3, max_new_tokens=NEW_TOKENS,
+                                                         batch_size=batch_size, workers=0, draft=False, quiet=True)]
+
+    alone = [sampled([f], 1)[0] for f in image_files]
+    assert sampled(image_files, len(image_files)) == alone
+    assert sampled(image_files[::-1], 2) == alone[::-1]
 
 
 def test_sampling_leaves_the_callers_random_state_alone(tiny_llava_dir: Path) -> None:

@@ -223,13 +223,24 @@ class AskTask:
             settings.update(temperature=None, top_p=None, top_k=None)
             output = self.model.module.generate(**model_pixels(pixels), **text, **settings)
             return output[:, text["input_ids"].shape[1]:]
-        # Every batch draws from the same seed (a run is repeatable) without disturbing the caller's
-        # global random state, which generate() offers no other way to keep.
-        with _isolated_random_state(self.model.device):
-            torch.manual_seed(self.options.seed)
-            output = self.model.module.generate(**model_pixels(pixels), **text, **settings,
-                                                temperature=self.options.temperature)
-        return output[:, text["input_ids"].shape[1]:]  # (B, T): the new tokens only
+        return self._sample(pixels, text, settings)
+
+    def _sample(self, pixels: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
+                settings: dict[str, Any]) -> torch.Tensor:
+        """Each image alone, unpadded, from the same seed: its answer depends on the seed and the image, never
+        on its batch-mates (generate() draws one stream for a whole batch and takes no generator), and the
+        caller's global random state is restored afterwards."""
+        mask = text["attention_mask"].bool()
+        rows = []
+        for row in range(mask.shape[0]):
+            alone = {name: value[row][mask[row]][None] for name, value in text.items()}
+            image = model_pixels({name: value[row:row + 1] for name, value in pixels.items()})
+            with _isolated_random_state(self.model.device):
+                torch.manual_seed(self.options.seed)
+                output = self.model.module.generate(**image, **alone, **settings,
+                                                    temperature=self.options.temperature)
+            rows.append(output[0, alone["input_ids"].shape[1]:])
+        return _right_pad_rows(rows, self.pad_token_id)  # (B, T): the new tokens only
 
     def postprocess(self, outputs: list[torch.Tensor], samples: Sequence[Sample]) -> list[dict[str, Any]]:
         records = []
@@ -249,6 +260,12 @@ class AskTask:
 
     def decode(self, ids: torch.Tensor) -> str:
         return self.processor.decode(ids, skip_special_tokens=True).strip()
+
+
+def _right_pad_rows(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """Answers of different lengths as one (B, T) tensor; decoding skips the pad token as a special token."""
+    length = max(len(row) for row in rows)
+    return torch.stack([torch.cat([row, row.new_full((length - len(row),), pad)]) for row in rows])
 
 
 def _isolated_random_state(device: torch.device):
