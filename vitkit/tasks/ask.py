@@ -240,7 +240,9 @@ class AskTask:
                 output = self.model.module.generate(**image, **alone, **settings,
                                                     temperature=self.options.temperature)
             rows.append(output[0, alone["input_ids"].shape[1]:])
-        return _right_pad_rows(rows, self.pad_token_id)  # (B, T): the new tokens only
+        from vitkit.tasks.ask_choices import right_pad
+
+        return right_pad(rows, self.pad_token_id)  # (B, T): the new tokens only; decoding skips the pad token
 
     def postprocess(self, outputs: list[torch.Tensor], samples: Sequence[Sample]) -> list[dict[str, Any]]:
         records = []
@@ -260,12 +262,6 @@ class AskTask:
 
     def decode(self, ids: torch.Tensor) -> str:
         return self.processor.decode(ids, skip_special_tokens=True).strip()
-
-
-def _right_pad_rows(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
-    """Answers of different lengths as one (B, T) tensor; decoding skips the pad token as a special token."""
-    length = max(len(row) for row in rows)
-    return torch.stack([torch.cat([row, row.new_full((length - len(row),), pad)]) for row in rows])
 
 
 def _isolated_random_state(device: torch.device):

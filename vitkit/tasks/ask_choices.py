@@ -59,7 +59,7 @@ def choice_probabilities(module: torch.nn.Module, pixels: dict[str, torch.Tensor
             rows.append({name: torch.cat([value, choice if name == "input_ids" else _extend(name, value, len(ids))])
                          for name, value in prompt.items()})
             starts.append(len(prompt["input_ids"]))
-    batch = {name: _right_pad([row[name] for row in rows], pad_token_id if name == "input_ids" else 0)
+    batch = {name: right_pad([row[name] for row in rows], pad_token_id if name == "input_ids" else 0)
              for name in rows[0]}
     repeated = model_pixels({name: value.repeat_interleave(count, dim=0) for name, value in pixels.items()})
     # Position p predicts token p + 1: the choice's tokens are predicted from start - 1 on.
@@ -83,6 +83,6 @@ def _extend(name: str, value: torch.Tensor, length: int) -> torch.Tensor:
     return value.new_full((length,), fill)
 
 
-def _right_pad(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
+def right_pad(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
     length = max(len(row) for row in rows)
     return torch.stack([torch.cat([row, row.new_full((length - len(row),), pad)]) for row in rows])
