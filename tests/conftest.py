@@ -8,8 +8,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_ROOT / "sample_data"
@@ -81,6 +85,21 @@ def photos(tmp_path: Path) -> Path:
 def mixed_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same mixed folder, shared read-only by the tests that only scan it."""
     return copy_mixed_samples(tmp_path_factory.mktemp("mixed") / "samples")
+
+
+def assert_records_in_slots(records: list[dict], root: Path, ok_keys: set[str]) -> list[dict]:
+    """Records of a run over a copy of the mixed samples: one per input in path order, each broken file a
+    `{path, error}` record in its own slot, every other exactly `ok_keys`. Returns the ok records."""
+    expected_order = sorted([*GOOD_SAMPLES, *(f"broken/{n}" for n in BROKEN_SAMPLES)])
+    assert [os.path.relpath(r["path"], root) for r in records] == expected_order
+    ok = []
+    for record in records:
+        if "broken" in record["path"]:
+            assert set(record) == {"path", "error"}
+        else:
+            assert set(record) == ok_keys
+            ok.append(record)
+    return ok
 
 
 def parse_jsonl(text: str) -> list[dict]:
@@ -279,7 +298,7 @@ def vlm_photos(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
             str(SAMPLE_DATA / "hubble_deep_field.jpg")]
 
 
-def displayed(path: str) -> "Image.Image":
+def displayed(path: str) -> Image.Image:
     """An image as displayed (EXIF orientation applied), RGB: what a model is shown, by PIL alone."""
     from PIL import Image, ImageOps
 

@@ -3,7 +3,6 @@ processor on the task token, generate, decode, post_process_generation), the CLI
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vitkit
-from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, displayed, parse_jsonl, run_vitkit
+from tests.conftest import BROKEN_SAMPLES, GOOD_SAMPLES, SAMPLE_DATA, assert_records_in_slots, displayed, parse_jsonl, run_vitkit
 from vitkit.cli import app
 
 runner = CliRunner()
@@ -94,10 +93,8 @@ def test_cli_end_to_end_with_sidecars_and_broken_files(tiny_florence2_dir: Path,
                         "--sidecar", "--workers", "1", "-b", "4")
     records = parse_jsonl(result.stdout)
     assert result.returncode == 1 and f"{len(BROKEN_SAMPLES)} of 9 inputs failed" in result.stderr
-    expected_order = sorted([*GOOD_SAMPLES, *(f"broken/{n}" for n in BROKEN_SAMPLES)])
-    assert [os.path.relpath(r["path"], photos) for r in records] == expected_order
-    good = [r for r in records if "caption" in r]
-    assert len(good) == len(GOOD_SAMPLES) and all(set(r) == {"path", "width", "height", "caption"} for r in good)
+    good = assert_records_in_slots(records, photos, {"path", "width", "height", "caption"})
+    assert len(good) == len(GOOD_SAMPLES)
     for record in good:
         assert Path(record["path"]).with_suffix(".txt").read_text(encoding="utf-8") == record["caption"] + "\n"
     library = vitkit.caption([r["path"] for r in good], model=str(tiny_florence2_dir), detail="detailed",

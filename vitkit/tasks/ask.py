@@ -71,17 +71,26 @@ def render_prompts(processor: Any, options: AskOptions) -> list[str]:
 
 
 def _continued(processor: Any, messages: list[dict[str, Any]], prompt: str, answer_prefix: str) -> str:
-    """The prompt with the start of the model's reply already written, as the chat template writes a reply
-    (a space after LLaVA's "ASSISTANT:", none after Qwen's "assistant\n"); a template that cannot
-    continue a reply gets the text after a space."""
-    reply = {"role": "assistant", "content": [{"type": "text", "text": answer_prefix}]}
+    """The prompt with the start of the model's reply already written, as the chat template writes a reply;
+    a template that cannot continue a reply gets the text after a space."""
+    lead = reply_lead(processor, messages, prompt, answer_prefix)
+    return f"{prompt}{' ' if lead is None else lead}{answer_prefix}"
+
+
+def reply_lead(processor: Any, messages: list[dict[str, Any]], prompt: str, reply_text: str) -> str | None:
+    """What the chat template writes between the generation prompt (`prompt`, rendered from `messages`) and
+    the text of the assistant's reply: a space after LLaVA's "ASSISTANT:" and SmolVLM's "Assistant:",
+    nothing after Qwen's "assistant\n". None where the template cannot continue a reply (or puts anything
+    but up to two blanks there)."""
+    reply = {"role": "assistant", "content": [{"type": "text", "text": reply_text}]}
     try:
         rendered = processor.apply_chat_template([*messages, reply], continue_final_message=True)
-    except Exception:  # templates vary; any that cannot render this falls back below
-        rendered = None
-    if isinstance(rendered, str) and rendered.startswith(prompt) and rendered.endswith(answer_prefix):
-        return rendered
-    return f"{prompt} {answer_prefix}"
+    except Exception:  # templates vary; any that cannot render this gets the caller's fallback
+        return None
+    if not isinstance(rendered, str) or not rendered.startswith(prompt) or not rendered.endswith(reply_text):
+        return None
+    lead = rendered[len(prompt):len(rendered) - len(reply_text)]
+    return lead if len(lead) <= 2 and not lead.strip() else None
 
 
 def answers_task_tokens(processor: Any) -> bool:
@@ -193,8 +202,8 @@ class AskTask:
     def _choice_ids(self, prompt: str, question: str) -> list[list[int]]:
         from vitkit.tasks.ask_choices import choice_token_ids
 
-        messages = build_messages(question, self.options.system)
-        ids = [choice_token_ids(self.processor, prompt, messages, choice) for choice in self.options.choices]
+        ids = choice_token_ids(self.processor, prompt, build_messages(question, self.options.system),
+                               self.options.choices)
         if any(not choice for choice in ids):
             raise UsageError("every choice needs at least one token", hint="drop empty choices from --choices")
         return ids

@@ -9,41 +9,33 @@ exactly as in an unpadded call, with no position ids to pass (some models derive
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from vitkit.tasks.vlm_batch import model_pixels
 
 
-def choice_token_ids(processor: Any, prompt: str, messages: list[dict[str, Any]], choice: str) -> list[int]:
-    """The tokens of `choice` as the model would write it as its reply to `prompt` (rendered from `messages`
-    with the generation prompt). The chat template says what comes between the generation prompt and the
-    reply's text (a space after LLaVA's "ASSISTANT:" and SmolVLM's "Assistant:", nothing after Qwen's
-    "assistant\\n"), and the prompt and reply are tokenised together, so a token that would merge across
-    the boundary is the one the model would have produced. Falls back to the choice tokenised alone."""
+def choice_token_ids(processor: Any, prompt: str, messages: list[dict[str, Any]],
+                     choices: Sequence[str]) -> list[list[int]]:
+    """The tokens of each choice as the model would write it as its reply to `prompt` (rendered from
+    `messages` with the generation prompt): after what the chat template puts before a reply
+    (`reply_lead`; nothing where it cannot say), tokenised together with the prompt, so a token that would
+    merge across the boundary is the one the model would have produced. Falls back to the choice (after
+    its lead) tokenised alone."""
+    from vitkit.tasks.ask import reply_lead
+
     tokenizer = processor.tokenizer
-    lead = _reply_lead(processor, prompt, messages, choice)
-    alone = tokenizer(lead + choice, add_special_tokens=False)["input_ids"]
     before = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    joined = tokenizer(prompt + lead + choice, add_special_tokens=False)["input_ids"]
-    if joined[:len(before)] == before and len(joined) > len(before):
-        return joined[len(before):]
-    return alone
-
-
-def _reply_lead(processor: Any, prompt: str, messages: list[dict[str, Any]], choice: str) -> str:
-    """The text the chat template puts between the generation prompt and an assistant reply."""
-    reply = {"role": "assistant", "content": [{"type": "text", "text": choice}]}
-    try:
-        rendered = processor.apply_chat_template([*messages, reply])
-    except Exception:  # a template that cannot render an assistant turn: the choice follows the prompt as is
-        return ""
-    if not isinstance(rendered, str) or not rendered.startswith(prompt):
-        return ""
-    rest = rendered[len(prompt):]
-    at = rest.find(choice)
-    return rest[:at] if 0 <= at <= 2 and not rest[:at].strip() else ""
+    ids = []
+    for choice in choices:
+        reply = (reply_lead(processor, messages, prompt, choice) or "") + choice
+        joined = tokenizer(prompt + reply, add_special_tokens=False)["input_ids"]
+        if joined[:len(before)] == before and len(joined) > len(before):
+            ids.append(joined[len(before):])
+        else:
+            ids.append(tokenizer(reply, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def choice_probabilities(module: torch.nn.Module, pixels: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
